@@ -1,1 +1,59 @@
-pub fn x() {}
+//! What the supervisor says about the node: the status document behind
+//! `appliance status`, the control socket and `/api/v1/status`, and its
+//! plain-text rendering. Data only: no I/O.
+
+use serde::{Deserialize, Serialize};
+
+pub use appliance_monitor::{Alert, Health, Severity, Snapshot};
+
+mod text;
+
+pub use text::{format_bytes, format_duration};
+
+/// Everything `appliance status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: Node,
+    pub hardware: Hardware,
+    pub health: Health,
+    /// Alerts that are not ok, worst first.
+    pub alerts: Vec<Alert>,
+    /// Temperatures with the thresholds that apply to them.
+    pub sensors: Vec<Sensor>,
+    /// The latest sample; `None` until the first one is taken.
+    pub monitor: Option<Snapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub version: String,
+    /// Unix time the supervisor started.
+    pub started_at: f64,
+    pub uptime_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hardware {
+    pub profile: String,
+    pub description: String,
+    /// Why this profile was chosen.
+    pub reason: String,
+    pub uplink: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sensor {
+    pub sensor: String,
+    pub celsius: f64,
+    pub warn: Option<f64>,
+    pub critical: Option<f64>,
+    pub severity: Severity,
+}
+
+impl Status {
+    /// The human-readable form printed by `appliance status`.
+    pub fn to_text(&self) -> String {
+        text::render(self)
+    }
+}

@@ -1,0 +1,230 @@
+//! The admin page's TLS certificate: generated on first start and kept in
+//! the state dir, or installed by the operator; renewed when it nears its
+//! end. Its SHA-256 fingerprint is what the console shows, so a support
+//! person can check the browser's warning is about this box.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// How long a generated certificate is valid: browsers refuse more than
+/// 398 days even for certificates they are told to accept.
+pub const VALIDITY: Duration = Duration::from_secs(397 * 86400);
+/// Renew a generated certificate this long before it expires.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86400);
+
+/// Where the certificate and key live, and facts about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// Uppercase hex pairs joined by colons, as browsers show it.
+    pub fingerprint_sha256: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Whether it was made by us (and so is ours to renew).
+    pub generated: bool,
+}
+
+/// Formats a digest the way browsers show certificate fingerprints.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Reads a PEM certificate and returns its fingerprint and expiry.
+pub fn inspect(cert_path: &Path) -> Result<(String, i64), Error> {
+    let pem_text = fs::read(cert_path).map_err(|e| Error::io(cert_path, e))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text).map_err(|e| Error::Certificate {
+        path: cert_path.to_path_buf(),
+        what: format!("not a PEM certificate: {e}"),
+    })?;
+    let cert = pem.parse_x509().map_err(|e| Error::Certificate {
+        path: cert_path.to_path_buf(),
+        what: format!("not an X.509 certificate: {e}"),
+    })?;
+    Ok((
+        fingerprint(&pem.contents),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+/// Uses the operator's certificate when both paths are given, else makes
+/// sure a generated one exists in `dir` and is not about to expire.
+pub fn ensure(
+    dir: &Path,
+    operator: Option<(&Path, &Path)>,
+    names: &[String],
+    now: SystemTime,
+) -> Result<CertInfo, Error> {
+    if let Some((cert, key)) = operator {
+        let (fp, not_after) = inspect(cert)?;
+        fs::metadata(key).map_err(|e| Error::io(key, e))?;
+        return Ok(CertInfo {
+            cert_path: cert.into(),
+            key_path: key.into(),
+            fingerprint_sha256: fp,
+            not_after,
+            generated: false,
+        });
+    }
+    let cert_path = dir.join("admin-cert.pem");
+    let key_path = dir.join("admin-key.pem");
+    let now_unix = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if cert_path.exists() && key_path.exists() {
+        match inspect(&cert_path) {
+            Ok((fp, not_after)) if not_after - now_unix > RENEW_BEFORE.as_secs() as i64 => {
+                return Ok(CertInfo {
+                    cert_path,
+                    key_path,
+                    fingerprint_sha256: fp,
+                    not_after,
+                    generated: true,
+                });
+            }
+            Ok(_) => log::info!(
+                "admin certificate {} expires within 30 days: making a new one",
+                cert_path.display()
+            ),
+            Err(e) => log::warn!("admin certificate unusable ({e}): making a new one"),
+        }
+    }
+    generate(dir, &cert_path, &key_path, names, now_unix)
+}
+
+fn generate(
+    dir: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    names: &[String],
+    now_unix: i64,
+) -> Result<CertInfo, Error> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cert_err = |what: String| Error::Certificate {
+        path: cert_path.to_path_buf(),
+        what,
+    };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| cert_err(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(names.to_vec()).map_err(|e| cert_err(e.to_string()))?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "appliance".into()),
+    );
+    dn.push(
+        rcgen::DnType::OrganizationName,
+        "city node admin page (self-signed)",
+    );
+    params.distinguished_name = dn;
+    // A day of slack for clocks that are a little behind.
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(now_unix - 86400)
+        .map_err(|e| cert_err(e.to_string()))?;
+    let not_after = now_unix + VALIDITY.as_secs() as i64;
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
+        .map_err(|e| cert_err(e.to_string()))?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| cert_err(e.to_string()))?;
+    // The key first, created 0600 so it is never readable by others, not
+    // even between create and chmod.
+    write_atomic(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomic(cert_path, cert.pem().as_bytes(), 0o644)?;
+    let fp = fingerprint(cert.der());
+    log::info!(
+        "generated admin certificate {} (SHA-256 {fp})",
+        cert_path.display()
+    );
+    Ok(CertInfo {
+        cert_path: cert_path.into(),
+        key_path: key_path.into(),
+        fingerprint_sha256: fp,
+        not_after,
+        generated: true,
+    })
+}
+
+/// Writes `path` so that a crash leaves either the old or the new file.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_keeps_and_renews() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec![
+            "node-1".to_string(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ];
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let a = ensure(dir.path(), None, &names, t0).unwrap();
+        assert!(a.generated);
+        assert_eq!(a.fingerprint_sha256.len(), 32 * 3 - 1);
+        assert_eq!(a.not_after, 1_800_000_000 + 397 * 86400);
+        let mode = fs::metadata(&a.key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let b = ensure(dir.path(), None, &names, t0 + Duration::from_secs(86400)).unwrap();
+        assert_eq!(
+            a.fingerprint_sha256, b.fingerprint_sha256,
+            "kept across restarts"
+        );
+
+        let late = t0 + VALIDITY - RENEW_BEFORE + Duration::from_secs(1);
+        let c = ensure(dir.path(), None, &names, late).unwrap();
+        assert_ne!(
+            a.fingerprint_sha256, c.fingerprint_sha256,
+            "renewed near expiry"
+        );
+    }
+
+    #[test]
+    fn garbage_certificate_is_replaced_but_operator_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("admin-cert.pem"), "not a cert").unwrap();
+        fs::write(dir.path().join("admin-key.pem"), "not a key").unwrap();
+        let now = SystemTime::now();
+        assert!(ensure(dir.path(), None, &["x".into()], now).is_ok());
+        let bad = dir.path().join("op.pem");
+        fs::write(&bad, "junk").unwrap();
+        let e = ensure(dir.path(), Some((&bad, &bad)), &[], now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("op.pem") && e.contains("not a PEM certificate"),
+            "{e}"
+        );
+    }
+}
