@@ -1,1 +1,156 @@
-fn main() {}
+//! `appliance`: the supervisor daemon and the CLI on the box.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use appliance_monitor::collector::Collector;
+use appliance_monitor::{Roots, StatVfs, profile, sysfs};
+use appliance_supervisor::config::{self, Config};
+use appliance_supervisor::{control, logging, run, state};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "appliance",
+    version,
+    about = "Supervisor of a city node running BigBlueButton"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = "APPLIANCE_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the supervisor in the foreground.
+    Run,
+    /// Show node, version, uptime, hardware, sensors and alerts.
+    Status {
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hardware profiles.
+    Hw {
+        #[command(subcommand)]
+        command: HwCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HwCommand {
+    /// Show which hardware profile matches this machine, and why.
+    Detect,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run => {
+            logging::init(cfg.log_level());
+            run::run(cfg)
+        }
+        Command::Status { json } => status(&cfg.control_socket(), json),
+        Command::Hw {
+            command: HwCommand::Detect,
+        } => hw_detect(&cfg),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt.block_on(control::get_body(socket, "/v1/status"))?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&body));
+    } else {
+        let st: appliance_api::Status = serde_json::from_slice(&body)?;
+        print!("{}", st.to_text());
+    }
+    Ok(())
+}
+
+fn hw_detect(cfg: &Config) -> anyhow::Result<()> {
+    let dmi = sysfs::read_dmi(&cfg.monitor.sysfs_root);
+    let forced = (cfg.hardware.profile != "auto").then_some(cfg.hardware.profile.as_str());
+    let d = profile::detect(&cfg.profiles, &dmi, forced)?;
+    let p = cfg
+        .profiles
+        .iter()
+        .find(|p| p.name == d.profile)
+        .expect("detected profile exists");
+    println!("profile   {}", p.name);
+    println!("          {}", p.description);
+    println!("reason    {}", d.reason);
+    for (k, v) in &dmi {
+        println!("dmi       {k} = {v:?}");
+    }
+    if dmi.is_empty() {
+        println!(
+            "dmi       none readable under {}",
+            cfg.monitor.sysfs_root.join("class/dmi/id").display()
+        );
+    }
+    let others: Vec<&str> = cfg
+        .profiles
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|n| *n != p.name)
+        .collect();
+    println!("others    {}", others.join(", "));
+    let mut c = Collector::new(
+        Roots {
+            sys: cfg.monitor.sysfs_root.clone(),
+            proc: cfg.monitor.procfs_root.clone(),
+        },
+        vec![],
+        Box::new(StatVfs),
+    );
+    let snap = c.sample(0.0, 0.0);
+    let sensors = state::sensors(p, &snap, &[]);
+    if sensors.is_empty() {
+        println!("sensors   none found");
+    }
+    for s in sensors {
+        let w = s.warn.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
+        let c = s
+            .critical
+            .map(|v| format!("{v}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "sensor    {} {:.1} °C (warn {w}, critical {c})",
+            s.sensor, s.celsius
+        );
+    }
+    for r in p.sensors.iter().filter(|r| r.required) {
+        if !snap
+            .temperatures
+            .iter()
+            .any(|t| r.matches(&t.chip, &t.label))
+        {
+            println!("missing   {}/{} (required by the profile)", r.chip, r.label);
+        }
+    }
+    Ok(())
+}

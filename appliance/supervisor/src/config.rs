@@ -1,0 +1,446 @@
+//! The supervisor's config file: TOML, every key known, every value
+//! checked before anything starts. A bad file gives one line naming the
+//! file, the key and what is wrong (exit code 2).
+//!
+//! Relative paths are taken relative to the config file's directory, so
+//! `examples/dev.toml` works from any working directory.
+
+use std::fmt;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use appliance_monitor::{AlertConfig, HwProfile, profile};
+use serde::Deserialize;
+
+/// Where `appliance` looks for its config when not told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/appliance/appliance.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    pub bbb: Option<BbbConfig>,
+    #[serde(default)]
+    pub hardware: HardwareConfig,
+    #[serde(default)]
+    pub alerts: AlertConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The file this was read from (not a key).
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// The hardware profiles found in `hardware.profiles_dir` (not a key).
+    #[serde(skip)]
+    pub profiles: Vec<HwProfile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Shown on the console and the admin page; the hostname when unset.
+    pub name: Option<String>,
+    pub state_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            state_dir: "/var/lib/appliance".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub interval: Duration,
+    pub sysfs_root: PathBuf,
+    pub procfs_root: PathBuf,
+    /// Paths whose filesystem usage is watched. BBB keeps recordings under
+    /// /var/bigbluebutton, the usual thing to fill a disk.
+    pub filesystems: Vec<PathBuf>,
+    /// How often the graph history is written to the state dir.
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub history_save_interval: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            interval: Duration::from_secs(1),
+            sysfs_root: "/sys".into(),
+            procfs_root: "/proc".into(),
+            filesystems: vec!["/".into(), "/var/bigbluebutton".into()],
+            history_save_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// A certificate the operator installed; both or neither. Without
+    /// them a self-signed one is made in the state dir.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "0.0.0.0:8443".parse().expect("valid literal"),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// The local control socket; `<state_dir>/control.sock` when unset.
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BbbConfig {
+    /// BBB's API base, ending in `/bigbluebutton/api`.
+    pub url: String,
+    pub secret: String,
+}
+
+// The secret must never reach a log line, even through `{:?}`.
+impl fmt::Debug for BbbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BbbConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareConfig {
+    /// `auto` to detect from DMI, or a profile name.
+    pub profile: String,
+    pub profiles_dir: PathBuf,
+}
+
+impl Default for HardwareConfig {
+    fn default() -> Self {
+        HardwareConfig {
+            profile: "auto".into(),
+            profiles_dir: "/usr/share/appliance/hw-profiles".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// off, error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A config problem: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub what: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.what)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.what)
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, including the filesystem facts
+    /// the supervisor depends on (sensor roots readable, profiles valid).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |key: &str, what: String| ConfigError {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            what,
+        };
+        let text = fs::read_to_string(path).map_err(|e| err("", format!("cannot read: {e}")))?;
+        let mut cfg = Self::parse(&text).map_err(|(key, what)| err(&key, what))?;
+        cfg.path = path.to_path_buf();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        cfg.resolve_paths(&base);
+        cfg.validate().map_err(|(key, what)| err(&key, what))?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; errors are (key, what).
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| (location(text, e.span()), e.message().to_string()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if path == "." {
+                location(text, inner.span())
+            } else {
+                path
+            };
+            (key, inner.message().to_string())
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.node.state_dir);
+        abs(&mut self.monitor.sysfs_root);
+        abs(&mut self.monitor.procfs_root);
+        self.monitor.filesystems.iter_mut().for_each(abs);
+        abs(&mut self.hardware.profiles_dir);
+        if let Some(p) = &mut self.admin.tls_cert {
+            abs(p);
+        }
+        if let Some(p) = &mut self.admin.tls_key {
+            abs(p);
+        }
+        if let Some(p) = &mut self.control.socket {
+            abs(p);
+        }
+    }
+
+    fn validate(&mut self) -> Result<(), (String, String)> {
+        let e = |k: &str, w: String| Err((k.to_string(), w));
+        if let Some(name) = &self.node.name {
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return e("node.name", "must be 1 to 64 printable characters".into());
+            }
+        }
+        let iv = self.monitor.interval;
+        if iv < Duration::from_millis(100) || iv > Duration::from_secs(60) {
+            return e(
+                "monitor.interval",
+                format!("{} is outside 100ms..60s", humantime::format_duration(iv)),
+            );
+        }
+        if self.monitor.history_save_interval < Duration::from_secs(1) {
+            return e(
+                "monitor.history_save_interval",
+                "must be at least 1s".into(),
+            );
+        }
+        readable_dir(&self.monitor.sysfs_root)
+            .map_err(|w| ("monitor.sysfs_root".to_string(), w))?;
+        readable_dir(&self.monitor.procfs_root)
+            .map_err(|w| ("monitor.procfs_root".to_string(), w))?;
+        let stat = self.monitor.procfs_root.join("stat");
+        if let Err(err) = fs::read_to_string(&stat) {
+            return e(
+                "monitor.procfs_root",
+                format!(
+                    "{} is not readable ({err}): not a procfs tree?",
+                    stat.display()
+                ),
+            );
+        }
+        match (&self.admin.tls_cert, &self.admin.tls_key) {
+            (Some(_), None) => {
+                return e(
+                    "admin.tls_key",
+                    "must be set together with admin.tls_cert".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return e(
+                    "admin.tls_cert",
+                    "must be set together with admin.tls_key".into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(b) = &self.bbb {
+            let u = b.url.trim_end_matches('/');
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return e(
+                    "bbb.url",
+                    format!("{:?} must start with http:// or https://", b.url),
+                );
+            }
+            if !u.ends_with("/bigbluebutton/api") {
+                return e(
+                    "bbb.url",
+                    format!("{:?} must end with /bigbluebutton/api", b.url),
+                );
+            }
+            if b.secret.trim().len() < 8 {
+                return e("bbb.secret", "must be at least 8 characters".into());
+            }
+        }
+        if self.log.level.parse::<log::LevelFilter>().is_err() {
+            return e(
+                "log.level",
+                format!(
+                    "{:?} is not one of off, error, warn, info, debug, trace",
+                    self.log.level
+                ),
+            );
+        }
+        self.alerts.validate()?;
+        self.profiles = profile::load_dir(&self.hardware.profiles_dir)
+            .map_err(|err| ("hardware.profiles_dir".to_string(), err.to_string()))?;
+        if self.hardware.profile != "auto"
+            && !self
+                .profiles
+                .iter()
+                .any(|p| p.name == self.hardware.profile)
+        {
+            let names: Vec<&str> = self.profiles.iter().map(|p| p.name.as_str()).collect();
+            return e(
+                "hardware.profile",
+                format!(
+                    "{:?} is not one of auto, {}",
+                    self.hardware.profile,
+                    names.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node.name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "appliance".into())
+        })
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.node.state_dir.join("control.sock"))
+    }
+
+    pub fn log_level(&self) -> log::LevelFilter {
+        self.log.level.parse().unwrap_or(log::LevelFilter::Info)
+    }
+}
+
+fn readable_dir(p: &Path) -> Result<(), String> {
+    match fs::read_dir(p) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{} is not a readable directory: {e}", p.display())),
+    }
+}
+
+/// "line N" for a byte span, for syntax errors that have no key yet.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(s) => {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> (String, String) {
+        Config::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_complete() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.monitor.interval, Duration::from_secs(1));
+        assert_eq!(c.admin.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.monitor.sysfs_root, PathBuf::from("/sys"));
+        assert!(c.bbb.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "[monitor]\nintervall = \"1s\"\n",
+                "monitor.intervall",
+                "unknown field `intervall`",
+            ),
+            (
+                "[monitor]\ninterval = 5\n",
+                "monitor.interval",
+                "invalid type",
+            ),
+            (
+                "[monitor]\ninterval = \"fast\"\n",
+                "monitor.interval",
+                "invalid duration \"fast\"",
+            ),
+            (
+                "[admin]\nlisten = \"localhost\"\n",
+                "admin.listen",
+                "invalid socket address",
+            ),
+            (
+                "[alerts.cpu]\nwarn = \"high\"\nfor = \"1s\"\n",
+                "alerts.cpu.warn",
+                "invalid type",
+            ),
+            ("colour = 1\n", "colour", "unknown field `colour`"),
+            ("[monitor\n", "line 1", ""),
+        ];
+        for (text, key, what) in cases {
+            let (k, w) = parse_err(text);
+            assert_eq!(k, key, "{text:?}: {w}");
+            assert!(w.contains(what), "{text:?}: {w:?} should contain {what:?}");
+        }
+    }
+
+    #[test]
+    fn bbb_secret_is_not_in_debug_output() {
+        let c = Config::parse(
+            "[bbb]\nurl = \"http://x/bigbluebutton/api\"\nsecret = \"s3cr3t-value\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+}

@@ -1,0 +1,10 @@
+//! The supervisor of a city node: config, wiring, the sampling loop, the
+//! metrics exposition and the local control socket. The binary in
+//! `main.rs` only parses arguments and maps errors to exit codes.
+
+pub mod config;
+pub mod control;
+pub mod logging;
+pub mod metrics;
+pub mod run;
+pub mod state;

@@ -1,0 +1,413 @@
+//! `appliance run`: the supervisor in the foreground.
+//!
+//! Order matters: everything that can fail because of the box (state dir,
+//! certificate, ports) is set up before systemd hears READY=1, and the
+//! first sample is taken before the servers answer, so the first scrape
+//! already has data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::BufWriter;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use appliance_monitor::collector::Collector;
+use appliance_monitor::{Alerts, History, Roots, Severity, Snapshot, StatVfs, profile, sysfs};
+
+use crate::config::Config;
+use crate::state::{Identity, Live, Shared, lock};
+use crate::{control, metrics};
+
+const HISTORY_FILE: &str = "history.bin";
+const HISTORY_MAX_SERIES: usize = 256;
+
+struct Backend(Arc<Shared>);
+
+impl appliance_admin::Backend for Backend {
+    fn metrics(&self) -> String {
+        metrics::render(&self.0.status(), metrics::ProcessStats::current())
+    }
+    fn alive(&self) -> bool {
+        self.0.alive()
+    }
+    fn status(&self) -> appliance_admin::Status {
+        self.0.status()
+    }
+}
+
+pub fn run(cfg: Config) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let started = Instant::now();
+    let started_unix = unix_now();
+    let state_dir = cfg.node.state_dir.clone();
+    fs::create_dir_all(&state_dir)
+        .with_context(|| format!("node.state_dir {}", state_dir.display()))?;
+    // Only the service's user and group may look inside: the control
+    // socket's access control rests on this.
+    fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o750))
+        .with_context(|| format!("node.state_dir {}", state_dir.display()))?;
+
+    let dmi = sysfs::read_dmi(&cfg.monitor.sysfs_root);
+    let forced = (cfg.hardware.profile != "auto").then_some(cfg.hardware.profile.as_str());
+    let detection = profile::detect(&cfg.profiles, &dmi, forced).context("hardware profile")?;
+    let hw = cfg
+        .profiles
+        .iter()
+        .find(|p| p.name == detection.profile)
+        .cloned()
+        .expect("detected profile exists");
+    log::info!("hardware profile {}: {}", hw.name, detection.reason);
+
+    let history = load_history(&state_dir.join(HISTORY_FILE));
+
+    let node = cfg.node_name();
+    let operator_cert = cfg
+        .admin
+        .tls_cert
+        .as_deref()
+        .zip(cfg.admin.tls_key.as_deref());
+    let mut names = vec![
+        node.clone(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    names.dedup();
+    let cert = appliance_admin::tls::ensure(
+        &state_dir.join("tls"),
+        operator_cert,
+        &names,
+        SystemTime::now(),
+    )
+    .context("admin TLS certificate")?;
+    log::info!(
+        "admin certificate SHA-256 fingerprint {}",
+        cert.fingerprint_sha256
+    );
+
+    let admin_listener = std::net::TcpListener::bind(cfg.admin.listen)
+        .with_context(|| format!("admin.listen {}: cannot listen", cfg.admin.listen))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let socket_path = cfg.control_socket();
+    let control_listener = runtime.block_on(async { control::bind(&socket_path) })?;
+
+    let mut collector = Collector::new(
+        Roots {
+            sys: cfg.monitor.sysfs_root.clone(),
+            proc: cfg.monitor.procfs_root.clone(),
+        },
+        cfg.monitor.filesystems.clone(),
+        Box::new(StatVfs),
+    );
+    let shared = Arc::new(Shared {
+        id: Identity {
+            node,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_unix,
+            started,
+            profile: hw,
+            detection,
+            cert_fingerprint: cert.fingerprint_sha256.clone(),
+        },
+        live: std::sync::Mutex::new(Live::default()),
+        history: std::sync::Mutex::new(history),
+        stall_after: cfg.monitor.interval * 5 + Duration::from_secs(10),
+    });
+
+    let mut sampler = Sampler::new(shared.clone(), cfg.clone());
+    sampler.round(&mut collector);
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let sampler_thread = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || sampler.run(collector, stop_rx))
+        .context("starting the sampler thread")?;
+
+    let result = runtime.block_on(serve(
+        shared.clone(),
+        admin_listener,
+        control_listener,
+        cert,
+    ));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(stop_tx);
+    let _ = sampler_thread.join();
+    let _ = fs::remove_file(&socket_path);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    log::info!("stopped");
+    result
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    admin_listener: std::net::TcpListener,
+    control_listener: tokio::net::UnixListener,
+    cert: appliance_admin::tls::CertInfo,
+) -> Result<()> {
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let addr = admin_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin = appliance_admin::router(Arc::new(Backend(shared.clone())));
+    let admin_task = tokio::spawn({
+        let rx = shutdown_rx.clone();
+        async move { appliance_admin::serve(admin_listener, &cert, admin, wait(rx)).await }
+    });
+    let control_task = tokio::spawn({
+        let rx = shutdown_rx.clone();
+        let app = control::router(shared.clone());
+        async move {
+            axum::serve(control_listener, app)
+                .with_graceful_shutdown(wait(rx))
+                .await
+        }
+    });
+    tokio::spawn(watchdog(shared.clone()));
+
+    log::info!("admin page on https://{addr}/ ; control socket ready");
+    let summary = lock(&shared.live).health.summary.clone();
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&summary),
+    ]);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut admin_task = admin_task;
+    let outcome = tokio::select! {
+        _ = term.recv() => { log::info!("SIGTERM: stopping"); Ok(()) }
+        _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); Ok(()) }
+        r = &mut admin_task => match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!("admin server stopped unexpectedly")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(anyhow::anyhow!("admin server task failed: {e}")),
+        },
+    };
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(6), control_task).await;
+    outcome
+}
+
+/// Pings systemd's watchdog only while the sampler keeps going, so a hung
+/// supervisor is restarted instead of showing stale figures.
+async fn watchdog(shared: Arc<Shared>) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(timeout / 2);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        if shared.alive() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            warned = false;
+        } else if !warned {
+            log::error!("sampler stalled: withholding the watchdog ping");
+            warned = true;
+        }
+    }
+}
+
+/// The sampling loop's own state, kept across rounds.
+struct Sampler {
+    shared: Arc<Shared>,
+    cfg: Config,
+    alerts: Alerts,
+    last_alerts: BTreeMap<String, Severity>,
+    known_problems: BTreeSet<String>,
+    last_summary: String,
+    last_save: Instant,
+}
+
+impl Sampler {
+    fn new(shared: Arc<Shared>, cfg: Config) -> Sampler {
+        Sampler {
+            shared,
+            cfg,
+            alerts: Alerts::default(),
+            last_alerts: BTreeMap::new(),
+            known_problems: BTreeSet::new(),
+            last_summary: String::new(),
+            last_save: Instant::now(),
+        }
+    }
+
+    fn run(mut self, mut collector: Collector, stop: mpsc::Receiver<()>) {
+        let interval = self.cfg.monitor.interval;
+        let mut next = Instant::now() + interval;
+        loop {
+            let wait = next.saturating_duration_since(Instant::now());
+            match stop.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => break,
+            }
+            self.round(&mut collector);
+            next += interval;
+            // After a stall (suspend, overload) skip missed rounds instead
+            // of sampling in a burst.
+            let now = Instant::now();
+            if next < now {
+                next = now + interval;
+            }
+            if self.last_save.elapsed() >= self.cfg.monitor.history_save_interval {
+                self.save_history();
+            }
+        }
+        self.save_history();
+    }
+
+    fn round(&mut self, collector: &mut Collector) {
+        let mono = self.shared.id.started.elapsed().as_secs_f64();
+        let snap = collector.sample(mono, unix_now());
+        self.alerts
+            .evaluate(&snap, &self.shared.id.profile, &self.cfg.alerts, mono);
+        let active = self.alerts.active();
+        let health = self.alerts.health();
+
+        let now_alerts: BTreeMap<String, Severity> =
+            active.iter().map(|a| (a.id.clone(), a.severity)).collect();
+        for a in &active {
+            if self.last_alerts.get(&a.id) != Some(&a.severity) {
+                match a.severity {
+                    Severity::Critical => log::error!("alert {}: {}", a.id, a.reason),
+                    _ => log::warn!("alert {}: {}", a.id, a.reason),
+                }
+            }
+        }
+        for id in self
+            .last_alerts
+            .keys()
+            .filter(|id| !now_alerts.contains_key(*id))
+        {
+            log::info!("alert {id} cleared");
+        }
+        self.last_alerts = now_alerts;
+        self.log_problems(&snap);
+
+        record_history(&mut lock(&self.shared.history), &snap);
+        if health.summary != self.last_summary {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&health.summary)]);
+            self.last_summary = health.summary.clone();
+        }
+        let mut live = lock(&self.shared.live);
+        live.snapshot = Some(Arc::new(snap));
+        live.health = health;
+        live.alerts = active;
+        live.last_tick = Some(Instant::now());
+    }
+
+    /// Logs each unreadable or implausible file once, not every second.
+    fn log_problems(&mut self, snap: &Snapshot) {
+        let now: BTreeSet<String> = snap
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.what))
+            .collect();
+        for p in now.difference(&self.known_problems) {
+            log::warn!("sensor problem: {p}");
+        }
+        self.known_problems = now;
+    }
+
+    fn save_history(&mut self) {
+        self.last_save = Instant::now();
+        let path = self.cfg.node.state_dir.join(HISTORY_FILE);
+        // Saving takes milliseconds; holding the lock avoids copying the
+        // whole history (the largest thing in memory) just to write it.
+        let h = lock(&self.shared.history);
+        if let Err(e) = save_history(&path, &h) {
+            log::warn!("saving graph history to {}: {e:#}", path.display());
+        }
+    }
+}
+
+/// What the graphs show: one series per figure, named by kind and subject.
+pub fn record_history(h: &mut History, s: &Snapshot) {
+    let t = s.timestamp as u64;
+    if let Some(u) = s.cpu.usage {
+        h.record("cpu", t, u);
+    }
+    if let Some(l) = s.cpu.load {
+        h.record("load1", t, l[0]);
+    }
+    if let Some(m) = &s.memory {
+        h.record("memory_used_bytes", t, m.used_bytes as f64);
+    }
+    for f in &s.filesystems {
+        if let Some(r) = f.used_ratio() {
+            h.record(&format!("disk:{}", f.path), t, r);
+        }
+    }
+    for i in s.network.iter().filter(|i| !i.loopback) {
+        if let Some(r) = i.rx_rate {
+            h.record(&format!("net_rx:{}", i.name), t, r);
+        }
+        if let Some(r) = i.tx_rate {
+            h.record(&format!("net_tx:{}", i.name), t, r);
+        }
+    }
+    for temp in &s.temperatures {
+        h.record(&format!("temp:{}", temp.sensor), t, temp.celsius);
+    }
+}
+
+fn load_history(path: &Path) -> History {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return History::new(HISTORY_MAX_SERIES);
+        }
+        Err(e) => {
+            log::warn!("graph history {}: {e}; starting empty", path.display());
+            return History::new(HISTORY_MAX_SERIES);
+        }
+    };
+    match History::load(std::io::BufReader::new(file), HISTORY_MAX_SERIES) {
+        Ok(h) => {
+            log::info!("graph history: {} series from {}", h.len(), path.display());
+            h
+        }
+        Err(e) => {
+            let aside = path.with_extension("bin.damaged");
+            let _ = fs::rename(path, &aside);
+            log::warn!(
+                "graph history {}: {e}; kept it as {} and started empty",
+                path.display(),
+                aside.display()
+            );
+            History::new(HISTORY_MAX_SERIES)
+        }
+    }
+}
+
+fn save_history(path: &Path, h: &History) -> Result<()> {
+    let tmp: PathBuf = path.with_extension("bin.tmp");
+    let f = fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
+    let mut w = BufWriter::new(f);
+    h.save(&mut w).with_context(|| tmp.display().to_string())?;
+    let f = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| tmp.display().to_string())?;
+    f.sync_all().with_context(|| tmp.display().to_string())?;
+    fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,120 @@
+//! The supervisor's shared state: written by the sampler thread once per
+//! interval, read by the admin server, the control socket and the
+//! watchdog. Locks are held only to copy or swap, never across I/O.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use appliance_api::{Hardware, Node, Sensor, Status};
+use appliance_monitor::health::temperature_thresholds;
+use appliance_monitor::{Alert, Detection, Health, History, HwProfile, Severity, Snapshot};
+
+/// Facts fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node: String,
+    pub version: String,
+    pub started_unix: f64,
+    pub started: Instant,
+    pub profile: HwProfile,
+    pub detection: Detection,
+    pub cert_fingerprint: String,
+}
+
+/// What changes every sample.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub health: Health,
+    pub alerts: Vec<Alert>,
+    /// When the sampler last finished a round.
+    pub last_tick: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub id: Identity,
+    pub live: Mutex<Live>,
+    pub history: Mutex<History>,
+    /// How stale the sampler may get before the supervisor counts as stuck.
+    pub stall_after: Duration,
+}
+
+/// Locks a mutex even if a thread panicked while holding it: the data
+/// are plain values that stay consistent, and a monitoring daemon that
+/// stops answering over one panic helps nobody.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn alive(&self) -> bool {
+        let live = lock(&self.live);
+        match live.last_tick {
+            Some(t) => t.elapsed() <= self.stall_after,
+            // Before the first sample: alive while still starting up.
+            None => self.id.started.elapsed() <= self.stall_after,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let (snapshot, health, alerts) = {
+            let live = lock(&self.live);
+            (
+                live.snapshot.clone(),
+                live.health.clone(),
+                live.alerts.clone(),
+            )
+        };
+        let sensors = snapshot
+            .as_deref()
+            .map(|s| sensors(&self.id.profile, s, &alerts))
+            .unwrap_or_default();
+        let uplink = snapshot.as_deref().and_then(|s| {
+            appliance_monitor::collector::pick_uplink(&self.id.profile.uplink.interface, &s.network)
+                .map(|i| i.name.clone())
+        });
+        Status {
+            node: Node {
+                name: self.id.node.clone(),
+                version: self.id.version.clone(),
+                started_at: self.id.started_unix,
+                uptime_seconds: self.id.started.elapsed().as_secs_f64(),
+            },
+            hardware: Hardware {
+                profile: self.id.profile.name.clone(),
+                description: self.id.profile.description.clone(),
+                reason: self.id.detection.reason.clone(),
+                uplink,
+            },
+            health,
+            alerts,
+            sensors,
+            monitor: snapshot.map(|s| (*s).clone()),
+        }
+    }
+}
+
+/// Every temperature with the thresholds in force and its alert severity.
+pub fn sensors(profile: &HwProfile, snap: &Snapshot, alerts: &[Alert]) -> Vec<Sensor> {
+    snap.temperatures
+        .iter()
+        .map(|t| {
+            let (warn, critical) =
+                temperature_thresholds(profile, &t.chip, &t.label, t.max, t.crit);
+            let id = format!("temperature:{}", t.sensor);
+            let severity = alerts
+                .iter()
+                .find(|a| a.id == id)
+                .map(|a| a.severity)
+                .unwrap_or(Severity::Ok);
+            Sensor {
+                sensor: t.sensor.clone(),
+                celsius: t.celsius,
+                warn,
+                critical,
+                severity,
+            }
+        })
+        .collect()
+}
