@@ -197,7 +197,9 @@ mod tests {
 
     #[test]
     fn table() {
-        let cases: &[(&str, f64, &[(f64, Option<f64>)], &[Severity])] = &[
+        // (name, minimum duration, (time, value) series, severities after each)
+        type Case<'a> = (&'a str, f64, &'a [(f64, Option<f64>)], &'a [Severity]);
+        let cases: &[Case] = &[
             (
                 "no duration: immediate levels",
                 0.0,

@@ -170,7 +170,7 @@ pub fn load_file(path: &Path) -> Result<HwProfile, Error> {
         ));
     }
     for (i, s) in profile.sensors.iter().enumerate() {
-        if !(s.warn < s.critical) {
+        if s.warn.partial_cmp(&s.critical) != Some(std::cmp::Ordering::Less) {
             return Err(err(
                 format!("sensors[{i}]"),
                 format!("warn ({}) must be below critical ({})", s.warn, s.critical),
