@@ -604,3 +604,40 @@ fn history_and_certificate_survive_a_restart() {
     let sock = std::fs::metadata(s2.state_dir.join("control.sock")).unwrap();
     assert_eq!(sock.permissions().mode() & 0o777, 0o660);
 }
+
+/// systemd's notify protocol, spoken to a datagram socket of the test's:
+/// READY=1 once serving, STATUS= with the one-line health, and watchdog
+/// pings while the sampler runs.
+#[test]
+fn notifies_systemd_ready_status_and_watchdog() {
+    let b = Box_::recorded("no-sensors");
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let s = Supervisor::start_env(
+        Setup {
+            sysfs_root: &b.path("sys"),
+            procfs_root: &b.path("proc"),
+            extra: "",
+        },
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = String::new();
+    wait_for("READY, STATUS and two watchdog pings", T, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+        let ok = seen.contains("READY=1")
+            && seen.contains("STATUS=ok")
+            && seen.matches("WATCHDOG=1").count() >= 2;
+        if ok { Ok(()) } else { Err(seen.clone()) }
+    });
+    drop(s);
+}

@@ -141,6 +141,11 @@ impl Supervisor {
     /// Writes a config into a fresh temp dir and starts the supervisor on it,
     /// returning once the admin server answers /healthz.
     pub fn start(setup: Setup<'_>) -> Supervisor {
+        Self::start_env(setup, &[])
+    }
+
+    /// Like [`Supervisor::start`], with extra environment variables.
+    pub fn start_env(setup: Setup<'_>, env: &[(&str, &str)]) -> Supervisor {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let state_dir = dir.path().join("state");
         let port = free_port();
@@ -158,11 +163,12 @@ impl Supervisor {
             extra = setup.extra,
         );
         fs::write(&config, text).unwrap();
-        Self::start_with(
+        Self::start_with_env(
             config,
             state_dir,
             format!("127.0.0.1:{port}").parse().unwrap(),
             dir,
+            env,
         )
     }
 
@@ -171,6 +177,18 @@ impl Supervisor {
         state_dir: PathBuf,
         addr: SocketAddr,
         dir: Arc<tempfile::TempDir>,
+    ) -> Supervisor {
+        Self::start_with_env(config, state_dir, addr, dir, &[])
+    }
+
+    /// Like [`Supervisor::start_with`], with extra environment variables
+    /// (e.g. a NOTIFY_SOCKET of the test's own).
+    pub fn start_with_env(
+        config: PathBuf,
+        state_dir: PathBuf,
+        addr: SocketAddr,
+        dir: Arc<tempfile::TempDir>,
+        env: &[(&str, &str)],
     ) -> Supervisor {
         let log = dir.path().join(format!(
             "supervisor-{}.log",
@@ -183,6 +201,7 @@ impl Supervisor {
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
