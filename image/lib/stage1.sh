@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Stage 1 of image/build: the Debian bookworm base system with every package
+# the image needs, as a tarball. It is slow (downloads and installs a few
+# hundred packages) and changes rarely, so image/build caches its output under
+# a key made of this file's text, the package list and the mirror: edit this
+# file or the package list and the next build redoes stage 1.
+#
+# Everything that is configuration rather than packages (users, units,
+# network, config files) belongs to stage 2, so that changing it does not
+# invalidate this cache.
+#
+# Usage: stage1.sh OUTPUT.tar.zst MIRROR SECURITY_MIRROR PACKAGE...
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+(($# >= 3)) || die "usage: stage1.sh OUTPUT.tar.zst MIRROR SECURITY_MIRROR PACKAGE..."
+out="$1" mirror="$2" security_mirror="$3"
+shift 3
+packages=("$@")
+
+[[ $EUID -eq 0 ]] || die "stage 1 needs root (mmdebstrap --mode=root mounts /proc and /dev in the chroot)"
+
+# Trimming documentation, man pages and translations saves ~100 MB; the
+# copyright files stay, as the licences require. These options also persist
+# in the image (/etc/dpkg/dpkg.cfg.d/99mmdebstrap) so later installs match.
+dpkg_opts=(
+    --dpkgopt='path-exclude=/usr/share/man/*'
+    --dpkgopt='path-exclude=/usr/share/info/*'
+    --dpkgopt='path-exclude=/usr/share/doc/*'
+    --dpkgopt='path-include=/usr/share/doc/*/copyright'
+    --dpkgopt='path-exclude=/usr/share/locale/*'
+    --dpkgopt='path-include=/usr/share/locale/locale.alias'
+)
+
+# Why these options:
+# - minbase: Priority:required + apt; everything else is listed explicitly,
+#   so the image holds what we chose and nothing by accident.
+# - no Recommends: same reason, and it keeps the image small.
+# - mmdebstrap's root mode installs a policy-rc.d and diverts
+#   start-stop-daemon while packages are installed, so no service starts in
+#   the build chroot (and without systemd as PID 1 in the chroot,
+#   deb-systemd-invoke does not start units either). It removes both at the
+#   end, empties /etc/machine-id (each VM generates its own on first boot)
+#   and deletes the apt lists and package cache.
+# - The sources are given explicitly: with none, mmdebstrap reads them from
+#   standard input when it is not a terminal, which CI's is not.
+# - The customize hooks fail the stage early if the kernel or its initramfs
+#   did not get installed: stage 2 copies both to the EFI system partition.
+mmdebstrap \
+    --mode=root \
+    --variant=minbase \
+    --architectures=amd64 \
+    --aptopt='APT::Install-Recommends "false"' \
+    "${dpkg_opts[@]}" \
+    --include="$(IFS=,; echo "${packages[*]}")" \
+    --customize-hook='test -e "$1/boot/vmlinuz" -o -n "$(ls "$1"/boot/vmlinuz-* 2>/dev/null)"' \
+    --customize-hook='ls "$1"/boot/initrd.img-* >/dev/null' \
+    bookworm "$out" \
+    "deb $mirror bookworm main" \
+    "deb $mirror bookworm-updates main" \
+    "deb $security_mirror bookworm-security main" \
+    </dev/null >&2
