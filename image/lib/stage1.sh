@@ -17,6 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 out="$1" mirror="$2" security_mirror="$3"
 shift 3
 packages=("$@")
+[[ "$out" == *.tar.zst ]] || die "stage 1 output must end in .tar.zst (mmdebstrap picks the format from it): $out"
 
 [[ $EUID -eq 0 ]] || die "stage 1 needs root (mmdebstrap --mode=root mounts /proc and /dev in the chroot)"
 
@@ -49,6 +50,7 @@ dpkg_opts=(
 mmdebstrap \
     --mode=root \
     --variant=minbase \
+    --format=tar \
     --architectures=amd64 \
     --aptopt='APT::Install-Recommends "false"' \
     "${dpkg_opts[@]}" \

@@ -4,8 +4,11 @@
 
 use std::path::PathBuf;
 
+pub mod checks;
 pub mod policy;
 pub mod recipe;
+pub mod runtime;
+pub mod systemd;
 
 pub use recipe::{CheckKind, CheckSpec, PolicyConfig, Recipe, ServiceSpec};
 
