@@ -406,10 +406,10 @@ impl<M: ServiceManager> Runtime<M> {
                     self.svcs[i].history.gave_up = Some(reason.clone());
                     self.svcs[i].history.last_failure = Some((now, reason.clone()));
                 }
-                Decision::Defer { reason } => {
-                    if !matches!(self.svcs[i].decision, Some(Decision::Defer { .. })) {
-                        log::warn!("{}: {reason}", spec.name);
-                    }
+                Decision::Defer { reason }
+                    if !matches!(self.svcs[i].decision, Some(Decision::Defer { .. })) =>
+                {
+                    log::warn!("{}: {reason}", spec.name);
                 }
                 _ => {}
             }
