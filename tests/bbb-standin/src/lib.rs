@@ -1,0 +1,737 @@
+//! A stand-in for bbb-web's API, for tests and the lab image.
+//!
+//! BigBlueButton itself needs Ubuntu and BBB's own package repository, so
+//! it cannot run here. This server speaks its API byte for byte where our
+//! code depends on it: the same calls under `/bigbluebutton/api`, checksums
+//! verified exactly as bbb-web does (SHA-1/256/384/512 chosen by length,
+//! over the raw query string), and XML responses shaped like bbb-web 3.0's,
+//! including its error keys (`checksumError`, `notFound`,
+//! `missingParamMeetingID`, `noMeetings`).
+//!
+//! Where it differs, by design:
+//! - `join` makes the user present at once (in BBB the browser client has
+//!   to connect first); `redirect=false` gives the XML answer, otherwise a
+//!   302 to a client URL that does not exist here.
+//! - Users leave through `POST /standin/leave?meetingID=..&userID=..`, which
+//!   is not part of BBB's API.
+//! - Meetings can be scripted: a TOML timeline of create/join/leave/end
+//!   events (see [`Script`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use appliance_bbb::Algorithm;
+use appliance_bbb::xml::{escape, failed};
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub moderator: bool,
+    pub listen_only: bool,
+    pub video: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Meeting {
+    pub id: String,
+    pub internal_id: String,
+    pub name: String,
+    pub attendee_pw: String,
+    pub moderator_pw: String,
+    pub create_time: u64,
+    pub voice_bridge: u32,
+    pub metadata: BTreeMap<String, String>,
+    pub parent_internal_id: Option<String>,
+    pub sequence: u32,
+    pub users: Vec<User>,
+    pub has_user_joined: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct World {
+    pub meetings: BTreeMap<String, Meeting>,
+    next_user: u64,
+    next_bridge: u32,
+}
+
+#[derive(Clone)]
+pub struct StandIn {
+    secret: Arc<String>,
+    world: Arc<Mutex<World>>,
+    /// API calls answered, for tests that count polls.
+    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl std::fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StandIn")
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml;charset=utf-8")], body).into_response()
+}
+
+fn params(raw: &str) -> BTreeMap<String, String> {
+    form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn tag(name: &str, value: impl std::fmt::Display) -> String {
+    format!("<{name}>{}</{name}>", escape(&value.to_string()))
+}
+
+impl StandIn {
+    pub fn new(secret: String) -> StandIn {
+        StandIn {
+            secret: Arc::new(secret),
+            world: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/bigbluebutton/api", get(version))
+            .route("/bigbluebutton/api/", get(version))
+            .route("/bigbluebutton/api/{call}", get(api).post(api))
+            .route("/standin/leave", post(leave))
+            .route("/standin/calls", get(calls))
+            .with_state(self.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a call to the world and returns the XML body (or redirect).
+    pub fn call(&self, call: &str, raw_query: &str) -> Response {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(call.to_string())
+            .or_default() += 1;
+        if !appliance_bbb::verify(call, raw_query, &self.secret, &Algorithm::ALL) {
+            return xml(failed("checksumError", "Checksums do not match"));
+        }
+        let p = params(raw_query);
+        match call {
+            "create" => self.create(&p),
+            "join" => self.join(&p),
+            "end" => self.end(&p),
+            "isMeetingRunning" => self.is_running(&p),
+            "getMeetings" => self.get_meetings(),
+            "getMeetingInfo" => self.get_meeting_info(&p),
+            _ => xml(failed(
+                "unsupportedRequest",
+                "This request is not supported.",
+            )),
+        }
+    }
+
+    fn create(&self, p: &BTreeMap<String, String>) -> Response {
+        let Some(id) = p.get("meetingID").filter(|s| !s.is_empty()) else {
+            return xml(failed(
+                "missingParamMeetingID",
+                "You must specify a meeting ID for the meeting.",
+            ));
+        };
+        let mut w = self.lock();
+        if let Some(m) = w.meetings.get(id) {
+            let body = format!(
+                "<response>\n<returncode>SUCCESS</returncode>\n{}\n{}\n<parentMeetingID>bbb-none</parentMeetingID>\n{}\n{}\n{}\n<messageKey>duplicateWarning</messageKey>\n<message>This conference was already in existence and may currently be in progress.</message>\n</response>",
+                tag("meetingID", &m.id),
+                tag("internalMeetingID", &m.internal_id),
+                tag("attendeePW", &m.attendee_pw),
+                tag("moderatorPW", &m.moderator_pw),
+                tag("createTime", m.create_time)
+            );
+            return xml(body);
+        }
+        let is_breakout = p.get("isBreakout").is_some_and(|v| v == "true");
+        let parent = if is_breakout {
+            let Some(pid) = p.get("parentMeetingID") else {
+                return xml(failed(
+                    "parentMeetingIDMissing",
+                    "No parent meeting ID was provided for the breakout room",
+                ));
+            };
+            match w
+                .meetings
+                .values()
+                .find(|m| &m.internal_id == pid || &m.id == pid)
+            {
+                Some(pm) => Some(pm.internal_id.clone()),
+                None => {
+                    return xml(failed(
+                        "parentMeetingDoesNotExist",
+                        "No parent meeting exists for the breakout room",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let create_time = now_ms();
+        w.next_bridge += 1;
+        let sequence = match &parent {
+            Some(pid) => {
+                w.meetings
+                    .values()
+                    .filter(|m| m.parent_internal_id.as_deref() == Some(pid))
+                    .count() as u32
+                    + 1
+            }
+            None => 0,
+        };
+        // bbb-web: sha1(meetingID) + "-" + createTime.
+        let internal_id = format!(
+            "{}-{create_time}",
+            appliance_bbb::checksum(Algorithm::Sha1, "", id, "")
+        );
+        let metadata = p
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("meta_")
+                    .map(|m| (m.to_ascii_lowercase(), v.clone()))
+            })
+            .collect();
+        let m = Meeting {
+            id: id.clone(),
+            internal_id,
+            name: p.get("name").cloned().unwrap_or_else(|| id.clone()),
+            attendee_pw: p.get("attendeePW").cloned().unwrap_or_else(|| "ap".into()),
+            moderator_pw: p.get("moderatorPW").cloned().unwrap_or_else(|| "mp".into()),
+            create_time,
+            voice_bridge: 70000 + w.next_bridge,
+            metadata,
+            parent_internal_id: parent,
+            sequence,
+            users: Vec::new(),
+            has_user_joined: false,
+        };
+        let body = format!(
+            "<response>\n<returncode>SUCCESS</returncode>\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n<dialNumber>613-555-1234</dialNumber>\n<hasUserJoined>false</hasUserJoined>\n<duration>0</duration>\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n<messageKey></messageKey>\n<message></message>\n</response>",
+            tag("meetingID", &m.id),
+            tag("internalMeetingID", &m.internal_id),
+            tag(
+                "parentMeetingID",
+                m.parent_internal_id.as_deref().unwrap_or("bbb-none")
+            ),
+            tag("attendeePW", &m.attendee_pw),
+            tag("moderatorPW", &m.moderator_pw),
+            tag("createTime", m.create_time),
+            tag("voiceBridge", m.voice_bridge)
+        );
+        w.meetings.insert(id.clone(), m);
+        xml(body)
+    }
+
+    fn join(&self, p: &BTreeMap<String, String>) -> Response {
+        let Some(id) = p.get("meetingID") else {
+            return xml(failed(
+                "missingParamMeetingID",
+                "You must specify a meeting ID for the meeting.",
+            ));
+        };
+        let Some(full_name) = p.get("fullName") else {
+            return xml(failed(
+                "missingParamFullName",
+                "You must specify a name for the attendee who will be joining the meeting.",
+            ));
+        };
+        let mut w = self.lock();
+        w.next_user += 1;
+        let n = w.next_user;
+        let Some(m) = w.meetings.get_mut(id) else {
+            return xml(failed(
+                "invalidMeetingIdentifier",
+                "The meeting ID that you supplied did not match any existing meetings",
+            ));
+        };
+        let moderator = match (
+            p.get("role").map(|r| r.to_ascii_uppercase()),
+            p.get("password"),
+        ) {
+            (Some(r), _) => r == "MODERATOR",
+            (None, Some(pw)) if *pw == m.moderator_pw => true,
+            (None, Some(pw)) if *pw == m.attendee_pw => false,
+            _ => {
+                return xml(failed(
+                    "invalidPassword",
+                    "The password you submitted is not valid.",
+                ));
+            }
+        };
+        let user_id = p
+            .get("userID")
+            .cloned()
+            .unwrap_or_else(|| format!("w_{n:06}"));
+        // Rejoining with the same userID replaces the old session.
+        m.users.retain(|u| u.id != user_id);
+        m.users.push(User {
+            id: user_id.clone(),
+            name: full_name.clone(),
+            moderator,
+            listen_only: p
+                .get("userdata-standin_listen_only")
+                .is_some_and(|v| v == "true"),
+            video: p.get("userdata-standin_video").is_some_and(|v| v == "true"),
+        });
+        m.has_user_joined = true;
+        let session = format!("st{n:06}");
+        if p.get("redirect").is_some_and(|r| r == "false") {
+            let body = format!(
+                "<response>\n<returncode>SUCCESS</returncode>\n<messageKey>successfullyJoined</messageKey>\n<message>You have joined successfully.</message>\n{}\n{}\n{}\n{}\n{}\n</response>",
+                tag("meeting_id", &m.internal_id),
+                tag("user_id", &user_id),
+                tag("auth_token", format!("at{n:06}")),
+                tag("session_token", &session),
+                tag("url", format!("/html5client/join?sessionToken={session}"))
+            );
+            return xml(body);
+        }
+        (
+            StatusCode::FOUND,
+            [(
+                header::LOCATION,
+                format!("/html5client/join?sessionToken={session}"),
+            )],
+        )
+            .into_response()
+    }
+
+    fn end(&self, p: &BTreeMap<String, String>) -> Response {
+        let Some(id) = p.get("meetingID") else {
+            return xml(failed(
+                "missingParamMeetingID",
+                "You must specify a meeting ID for the meeting.",
+            ));
+        };
+        let mut w = self.lock();
+        let Some(m) = w.meetings.remove(id) else {
+            return xml(failed(
+                "notFound",
+                "We could not find a meeting with that meeting ID - perhaps the meeting is not yet running?",
+            ));
+        };
+        // Ending a meeting ends its breakout rooms.
+        w.meetings
+            .retain(|_, b| b.parent_internal_id.as_deref() != Some(&m.internal_id));
+        xml("<response>\n<returncode>SUCCESS</returncode>\n<messageKey>sentEndMeetingRequest</messageKey>\n<message>A request to end the meeting was sent.  Please wait a few seconds, and then use the getMeetingInfo or isMeetingRunning API calls to verify that it was ended.</message>\n</response>".to_string())
+    }
+
+    fn is_running(&self, p: &BTreeMap<String, String>) -> Response {
+        let Some(id) = p.get("meetingID") else {
+            return xml(failed(
+                "missingParamMeetingID",
+                "You must specify a meeting ID for the meeting.",
+            ));
+        };
+        let running = self
+            .lock()
+            .meetings
+            .get(id)
+            .is_some_and(|m| !m.users.is_empty());
+        xml(format!(
+            "<response>\n<returncode>SUCCESS</returncode>\n<running>{running}</running>\n</response>"
+        ))
+    }
+
+    fn get_meetings(&self) -> Response {
+        let w = self.lock();
+        if w.meetings.is_empty() {
+            return xml("<response>\n<returncode>SUCCESS</returncode>\n<meetings/>\n<messageKey>noMeetings</messageKey>\n<message>no meetings were found on this server</message>\n</response>".to_string());
+        }
+        let body: String = w
+            .meetings
+            .values()
+            .map(|m| format!("<meeting>\n{}</meeting>\n", meeting_xml(m, &w)))
+            .collect();
+        xml(format!(
+            "<response>\n<returncode>SUCCESS</returncode>\n<meetings>\n{body}</meetings>\n</response>"
+        ))
+    }
+
+    fn get_meeting_info(&self, p: &BTreeMap<String, String>) -> Response {
+        let Some(id) = p.get("meetingID") else {
+            return xml(failed(
+                "missingParamMeetingID",
+                "You must specify a meeting ID for the meeting.",
+            ));
+        };
+        let w = self.lock();
+        match w.meetings.get(id) {
+            Some(m) => xml(format!(
+                "<response>\n<returncode>SUCCESS</returncode>\n{}</response>",
+                meeting_xml(m, &w)
+            )),
+            None => xml(failed(
+                "notFound",
+                "We could not find a meeting with that meeting ID",
+            )),
+        }
+    }
+
+    /// Removes a user, as if their browser closed.
+    pub fn leave(&self, meeting: &str, user: &str) -> bool {
+        let mut w = self.lock();
+        match w.meetings.get_mut(meeting) {
+            Some(m) => {
+                let before = m.users.len();
+                m.users.retain(|u| u.id != user);
+                before != m.users.len()
+            }
+            None => false,
+        }
+    }
+
+    pub fn calls(&self, call: &str) -> u64 {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(call)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Makes a signed query for one of our own calls (used by scripts).
+    pub fn signed(&self, call: &str, params: &[(&str, &str)]) -> String {
+        let q = appliance_bbb::encode_query(params);
+        let sum = appliance_bbb::checksum(Algorithm::Sha256, call, &q, &self.secret);
+        if q.is_empty() {
+            format!("checksum={sum}")
+        } else {
+            format!("{q}&checksum={sum}")
+        }
+    }
+
+    /// Plays a script in real time, `speed` times faster than written.
+    pub async fn play(&self, script: Script, speed: f64) {
+        let start = tokio::time::Instant::now();
+        let mut events = script.event;
+        events.sort_by(|a, b| a.at.total_cmp(&b.at));
+        for e in events {
+            let at = start + Duration::from_secs_f64((e.at / speed.max(1e-6)).max(0.0));
+            tokio::time::sleep_until(at).await;
+            self.apply(&e);
+        }
+    }
+
+    pub fn apply(&self, e: &Event) {
+        let m = e.meeting.as_str();
+        match e.action {
+            Action::Create => {
+                let mut p: Vec<(String, String)> = vec![
+                    ("meetingID".into(), m.into()),
+                    ("name".into(), e.name.clone().unwrap_or_else(|| m.into())),
+                ];
+                if let Some(parent) = &e.parent {
+                    p.push(("isBreakout".into(), "true".into()));
+                    p.push(("parentMeetingID".into(), parent.clone()));
+                }
+                for (k, v) in &e.meta {
+                    p.push((format!("meta_{k}"), v.clone()));
+                }
+                let refs: Vec<(&str, &str)> =
+                    p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let _ = self.call("create", &self.signed("create", &refs));
+            }
+            Action::Join => {
+                let user = e.user.clone().unwrap_or_default();
+                let role = if e.moderator { "MODERATOR" } else { "VIEWER" };
+                let q = self.signed(
+                    "join",
+                    &[
+                        ("meetingID", m),
+                        ("fullName", &user),
+                        ("userID", &user),
+                        ("role", role),
+                        ("redirect", "false"),
+                    ],
+                );
+                let _ = self.call("join", &q);
+            }
+            Action::Leave => {
+                self.leave(m, e.user.as_deref().unwrap_or_default());
+            }
+            Action::End => {
+                let _ = self.call("end", &self.signed("end", &[("meetingID", m)]));
+            }
+        }
+    }
+}
+
+fn meeting_xml(m: &Meeting, w: &World) -> String {
+    let users = &m.users;
+    let count = |f: &dyn Fn(&User) -> bool| users.iter().filter(|u| f(u)).count();
+    let attendees: String = users
+        .iter()
+        .map(|u| {
+            format!(
+                "<attendee>\n{}\n{}\n{}\n<isPresenter>false</isPresenter>\n{}\n{}\n{}\n<clientType>HTML5</clientType>\n</attendee>\n",
+                tag("userID", &u.id),
+                tag("fullName", &u.name),
+                tag("role", if u.moderator { "MODERATOR" } else { "VIEWER" }),
+                tag("isListeningOnly", u.listen_only),
+                tag("hasJoinedVoice", !u.listen_only),
+                tag("hasVideo", u.video)
+            )
+        })
+        .collect();
+    let metadata: String = m
+        .metadata
+        .iter()
+        .map(|(k, v)| format!("{}\n", tag(k, v)))
+        .collect();
+    let breakout = match &m.parent_internal_id {
+        Some(p) => format!(
+            "{}\n{}\n<freeJoin>false</freeJoin>\n",
+            tag("parentMeetingID", p),
+            tag("sequence", m.sequence)
+        ),
+        None => {
+            let rooms: String = w
+                .meetings
+                .values()
+                .filter(|b| b.parent_internal_id.as_deref() == Some(&m.internal_id))
+                .map(|b| format!("{}\n", tag("breakout", &b.internal_id)))
+                .collect();
+            if rooms.is_empty() {
+                String::new()
+            } else {
+                format!("<breakoutRooms>\n{rooms}</breakoutRooms>\n")
+            }
+        }
+    };
+    format!(
+        "{}\n{}\n{}\n{}\n<createDate>{}</createDate>\n{}\n<dialNumber>613-555-1234</dialNumber>\n{}\n{}\n{}\n<duration>0</duration>\n{}\n<recording>false</recording>\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n{}\n<endTime>0</endTime>\n{}\n{}\n{}\n{}\n<maxUsers>0</maxUsers>\n{}\n<attendees>\n{attendees}</attendees>\n<metadata>\n{metadata}</metadata>\n{breakout}{}\n",
+        tag("meetingName", &m.name),
+        tag("meetingID", &m.id),
+        tag("internalMeetingID", &m.internal_id),
+        tag("createTime", m.create_time),
+        m.create_time,
+        tag("voiceBridge", m.voice_bridge),
+        tag("attendeePW", &m.attendee_pw),
+        tag("moderatorPW", &m.moderator_pw),
+        tag("running", !users.is_empty()),
+        tag("hasUserJoined", m.has_user_joined),
+        tag("startTime", m.create_time),
+        tag("participantCount", users.len()),
+        tag("listenerCount", count(&|u| u.listen_only)),
+        tag("voiceParticipantCount", count(&|u| !u.listen_only)),
+        tag("videoCount", count(&|u| u.video)),
+        tag("moderatorCount", count(&|u| u.moderator)),
+        tag("isBreakout", m.parent_internal_id.is_some()),
+    )
+}
+
+async fn version() -> Response {
+    xml("<response>\n<returncode>SUCCESS</returncode>\n<version>2.0</version>\n<apiVersion>2.0</apiVersion>\n<bbbVersion>3.0 stand-in</bbbVersion>\n</response>".to_string())
+}
+
+async fn api(
+    State(s): State<StandIn>,
+    Path(call): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    s.call(&call, q.as_deref().unwrap_or(""))
+}
+
+async fn leave(State(s): State<StandIn>, RawQuery(q): RawQuery) -> Response {
+    let p = params(q.as_deref().unwrap_or(""));
+    let ok = s.leave(
+        p.get("meetingID").map(String::as_str).unwrap_or(""),
+        p.get("userID").map(String::as_str).unwrap_or(""),
+    );
+    if ok {
+        (StatusCode::OK, "left\n").into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no such user in that meeting\n").into_response()
+    }
+}
+
+async fn calls(State(s): State<StandIn>) -> Response {
+    let c = s.calls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let body: String = c.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+    body.into_response()
+}
+
+/// A timeline of meetings: `[[event]]` tables with `at` (seconds from the
+/// start), `action` (create, join, leave, end), `meeting`, and per action
+/// `name`, `meta` (a table of metadata without the `meta_` prefix),
+/// `parent` (for breakout rooms), `user`, `moderator`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    #[serde(default)]
+    pub event: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub at: f64,
+    pub action: Action,
+    pub meeting: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub moderator: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Join,
+    Leave,
+    End,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(r: Response) -> (StatusCode, String) {
+        let status = r.status();
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    const SECRET: &str = "639259d4-9dd8-4b25-bf01-95f9567eaf4b";
+
+    /// The create call of BBB's API documentation, with its documented
+    /// checksum, is accepted; the same call with one byte changed is not.
+    #[tokio::test]
+    async fn accepts_the_documented_example_and_nothing_else() {
+        let s = StandIn::new(SECRET.into());
+        let q = "name=Test+Meeting&meetingID=abc123&attendeePW=111222&moderatorPW=333444&checksum=1fcbb0c4fc1f039f73aa6d697d2db9ba7f803f17";
+        let (_, b) = body(s.call("create", q)).await;
+        assert!(
+            b.contains("<returncode>SUCCESS</returncode>")
+                && b.contains("<meetingID>abc123</meetingID>"),
+            "{b}"
+        );
+        let (_, b) = body(s.call("create", &q.replace("abc123", "abc124"))).await;
+        assert_eq!(b, failed("checksumError", "Checksums do not match"));
+        let (_, b) = body(s.call(
+            "getMeetings",
+            "checksum=a5370c5f3d97d56d53b435684cdbc429c2898a3bf9f435518b4279e1e0dbfc8c",
+        ))
+        .await;
+        let m = appliance_bbb::xml::parse_get_meetings(&b).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].name, "Test Meeting");
+        assert!(!m[0].running, "nobody joined yet");
+    }
+
+    #[tokio::test]
+    async fn meetings_users_breakouts_and_end() {
+        let s = StandIn::new(SECRET.into());
+        let script: Script = toml::from_str(
+            r#"
+[[event]]
+at = 0
+action = "create"
+meeting = "board"
+name = "Board"
+meta = { member = "coop-a" }
+[[event]]
+at = 0
+action = "join"
+meeting = "board"
+user = "ann"
+moderator = true
+[[event]]
+at = 0
+action = "join"
+meeting = "board"
+user = "bob"
+[[event]]
+at = 0
+action = "create"
+meeting = "board-room1"
+parent = "board"
+[[event]]
+at = 0
+action = "join"
+meeting = "board-room1"
+user = "bob"
+"#,
+        )
+        .unwrap();
+        for e in &script.event {
+            s.apply(e);
+        }
+        let (_, b) = body(s.call("getMeetings", &s.signed("getMeetings", &[]))).await;
+        let m = appliance_bbb::xml::parse_get_meetings(&b).unwrap();
+        assert_eq!(m.len(), 2);
+        let board = m.iter().find(|x| x.meeting_id == "board").unwrap();
+        assert_eq!((board.participant_count, board.moderator_count), (2, 1));
+        assert_eq!(board.metadata["member"], "coop-a");
+        let room = m.iter().find(|x| x.meeting_id == "board-room1").unwrap();
+        assert!(room.is_breakout);
+        assert_eq!(
+            room.parent_meeting_id.as_deref(),
+            Some(board.internal_meeting_id.as_str())
+        );
+        assert!(b.contains("<breakoutRooms>"), "{b}");
+
+        assert!(s.leave("board", "bob"));
+        let (_, b) = body(s.call(
+            "getMeetingInfo",
+            &s.signed("getMeetingInfo", &[("meetingID", "board")]),
+        ))
+        .await;
+        assert!(b.contains("<participantCount>1</participantCount>"), "{b}");
+        let (_, b) = body(s.call("end", &s.signed("end", &[("meetingID", "board")]))).await;
+        assert!(b.contains("sentEndMeetingRequest"));
+        let (_, b) = body(s.call("getMeetings", &s.signed("getMeetings", &[]))).await;
+        assert!(
+            b.contains("<messageKey>noMeetings</messageKey>"),
+            "breakouts end with their parent: {b}"
+        );
+        let (_, b) = body(s.call(
+            "getMeetingInfo",
+            &s.signed("getMeetingInfo", &[("meetingID", "board")]),
+        ))
+        .await;
+        assert!(b.contains("<messageKey>notFound</messageKey>"));
+        let (_, b) = body(s.call("isMeetingRunning", &s.signed("isMeetingRunning", &[]))).await;
+        assert!(b.contains("missingParamMeetingID"));
+        let (status, _) = body(s.call(
+            "join",
+            &s.signed("join", &[("meetingID", "x"), ("fullName", "a")]),
+        ))
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "errors are XML with status 200, as bbb-web does"
+        );
+    }
+}
