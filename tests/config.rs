@@ -16,10 +16,7 @@ fn run_with(config: &Path) -> (Option<i32>, String) {
         .env_remove("JOURNAL_STREAM")
         .output()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn config_with(dir: &Path, body: &str) -> std::path::PathBuf {
@@ -76,10 +73,7 @@ fn bad_configs_exit_2_with_one_line_naming_file_and_key() {
             "[alerts.cpu]\nwarn = 0.9\ncritical = 0.5\nfor = \"1s\"\n",
             "alerts.cpu.warn: 0.9 is above critical (0.5)",
         ),
-        (
-            "[log]\nlevel = \"loud\"\n",
-            "log.level: \"loud\" is not one of",
-        ),
+        ("[log]\nlevel = \"loud\"\n", "log.level: \"loud\" is not one of"),
     ];
     for (body, want) in cases {
         // `[hardware]` is already in the file: merge instead of repeating it.
@@ -87,19 +81,12 @@ fn bad_configs_exit_2_with_one_line_naming_file_and_key() {
         let p = config_with(dir.path(), &body);
         let (code, stderr) = run_with(&p);
         assert_eq!(code, Some(2), "{body:?}: {stderr}");
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "{body:?}: one line, got {stderr:?}"
-        );
+        assert_eq!(stderr.lines().count(), 1, "{body:?}: one line, got {stderr:?}");
         assert!(
             stderr.starts_with(&format!("error: {}: ", p.display())),
             "{body:?}: {stderr}"
         );
-        assert!(
-            stderr.contains(want),
-            "{body:?}: {stderr:?} should contain {want:?}"
-        );
+        assert!(stderr.contains(want), "{body:?}: {stderr:?} should contain {want:?}");
     }
 }
 
@@ -123,17 +110,13 @@ fn missing_file_and_bad_profiles_dir() {
     let p = dir.path().join("c.toml");
     fs::write(
         &p,
-        format!(
-            "[hardware]\nprofiles_dir = {:?}\n",
-            profiles.display().to_string()
-        ),
+        format!("[hardware]\nprofiles_dir = {:?}\n", profiles.display().to_string()),
     )
     .unwrap();
     let (code, stderr) = run_with(&p);
     assert_eq!(code, Some(2));
     assert!(
-        stderr.contains("hardware.profiles_dir: ")
-            && stderr.contains("broken.toml: fans: unknown field `fans`"),
+        stderr.contains("hardware.profiles_dir: ") && stderr.contains("broken.toml: fans: unknown field `fans`"),
         "{stderr}"
     );
 }
@@ -150,10 +133,7 @@ fn port_in_use_is_a_clear_runtime_error() {
     let dir = tempfile::tempdir().unwrap();
     let text = fs::read_to_string(&s.config).unwrap().replace(
         &format!("state_dir = {:?}", s.state_dir.display().to_string()),
-        &format!(
-            "state_dir = {:?}",
-            dir.path().join("state").display().to_string()
-        ),
+        &format!("state_dir = {:?}", dir.path().join("state").display().to_string()),
     );
     let p = dir.path().join("second.toml");
     fs::write(&p, text).unwrap();
@@ -177,10 +157,7 @@ fn port_in_use_is_a_clear_runtime_error() {
     fs::write(&p2, text).unwrap();
     let (code, stderr) = run_with(&p2);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("another supervisor is already running"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("another supervisor is already running"), "{stderr}");
     assert_eq!(
         s.status_json()["node"]["name"],
         "test-node",
@@ -201,8 +178,7 @@ fn status_without_a_running_supervisor_says_so() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot reach the supervisor at")
-            && err.contains("is `appliance run` running"),
+        err.contains("cannot reach the supervisor at") && err.contains("is `appliance run` running"),
         "{err}"
     );
 }
@@ -230,10 +206,7 @@ fn hw_detect_explains_its_choice() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.starts_with("profile   hpe-proliant-dl325-gen10-plus\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("profile   hpe-proliant-dl325-gen10-plus\n"), "{text}");
     assert!(text.contains("reason    sys_vendor=\"HPE\" matches \"HPE\", product_name=\"ProLiant DL325 Gen10 Plus\" matches \"ProLiant DL325 Gen10 Plus\""), "{text}");
     assert!(
         text.contains("sensor    k10temp/Tctl 52.8 °C (warn 80, critical 90)")

@@ -29,10 +29,7 @@ fn wait_metric(s: &Supervisor, series: &str, want: f64) -> String {
 }
 
 fn sensor<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["sensors"]
-        .as_array()?
-        .iter()
-        .find(|s| s["sensor"] == name)
+    status["sensors"].as_array()?.iter().find(|s| s["sensor"] == name)
 }
 
 #[test]
@@ -43,38 +40,14 @@ fn intel_box_exact_values() {
     let m = s.metrics();
     let exact = [
         ("appliance_build_info{version=\"0.1.0\"}", 1.0),
-        (
-            "appliance_hardware_profile_info{profile=\"dell-poweredge-r650\"}",
-            1.0,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"coretemp/Package id 0\"}",
-            45.0,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"coretemp/Core 0\"}",
-            42.0,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"coretemp/Core 4\"}",
-            43.0,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"nvme/Composite\"}",
-            37.85,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"nvme/Sensor 2\"}",
-            41.85,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"acpitz/temp1\"}",
-            27.8,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"acpitz/thermal_zone0\"}",
-            27.8,
-        ),
+        ("appliance_hardware_profile_info{profile=\"dell-poweredge-r650\"}", 1.0),
+        ("appliance_temperature_celsius{sensor=\"coretemp/Package id 0\"}", 45.0),
+        ("appliance_temperature_celsius{sensor=\"coretemp/Core 0\"}", 42.0),
+        ("appliance_temperature_celsius{sensor=\"coretemp/Core 4\"}", 43.0),
+        ("appliance_temperature_celsius{sensor=\"nvme/Composite\"}", 37.85),
+        ("appliance_temperature_celsius{sensor=\"nvme/Sensor 2\"}", 41.85),
+        ("appliance_temperature_celsius{sensor=\"acpitz/temp1\"}", 27.8),
+        ("appliance_temperature_celsius{sensor=\"acpitz/thermal_zone0\"}", 27.8),
         (
             "appliance_temperature_celsius{sensor=\"x86_pkg_temp/thermal_zone1\"}",
             45.0,
@@ -88,10 +61,7 @@ fn intel_box_exact_values() {
             "appliance_temperature_critical_celsius{sensor=\"coretemp/Package id 0\"}",
             95.0,
         ),
-        (
-            "appliance_temperature_warn_celsius{sensor=\"nvme/Composite\"}",
-            70.0,
-        ),
+        ("appliance_temperature_warn_celsius{sensor=\"nvme/Composite\"}", 70.0),
         ("appliance_memory_total_bytes", 67108864000.0),
         ("appliance_memory_used_bytes", 16777216000.0),
         ("appliance_memory_available_bytes", 50331648000.0),
@@ -110,24 +80,12 @@ fn intel_box_exact_values() {
             "appliance_network_transmit_bytes_total{device=\"eno12399np0\"}",
             2000000000000.0,
         ),
-        (
-            "appliance_network_receive_errors_total{device=\"eno12399np0\"}",
-            3.0,
-        ),
-        (
-            "appliance_network_receive_drops_total{device=\"eno12399np0\"}",
-            120.0,
-        ),
-        (
-            "appliance_network_transmit_drops_total{device=\"eno12399np0\"}",
-            7.0,
-        ),
+        ("appliance_network_receive_errors_total{device=\"eno12399np0\"}", 3.0),
+        ("appliance_network_receive_drops_total{device=\"eno12399np0\"}", 120.0),
+        ("appliance_network_transmit_drops_total{device=\"eno12399np0\"}", 7.0),
         ("appliance_network_up{device=\"eno12399np0\"}", 1.0),
         ("appliance_network_up{device=\"eno12409np1\"}", 0.0),
-        (
-            "appliance_network_speed_bytes{device=\"eno12399np0\"}",
-            1.25e9,
-        ),
+        ("appliance_network_speed_bytes{device=\"eno12399np0\"}", 1.25e9),
         ("appliance_health_status", 0.0),
     ];
     for (series, want) in exact {
@@ -135,10 +93,7 @@ fn intel_box_exact_values() {
     }
     // Garbage limits are dropped, not shown as thresholds.
     assert_eq!(
-        metric(
-            &m,
-            "appliance_temperature_critical_celsius{sensor=\"acpitz/temp1\"}"
-        ),
+        metric(&m, "appliance_temperature_critical_celsius{sensor=\"acpitz/temp1\"}"),
         None
     );
     assert_eq!(
@@ -172,9 +127,7 @@ fn intel_box_exact_values() {
         .lines()
         .map(|l| {
             let mut f: Vec<String> = l.split_whitespace().map(str::to_string).collect();
-            let add = |f: &mut Vec<String>, i: usize, d: u64| {
-                f[i] = (f[i].parse::<u64>().unwrap() + d).to_string()
-            };
+            let add = |f: &mut Vec<String>, i: usize, d: u64| f[i] = (f[i].parse::<u64>().unwrap() + d).to_string();
             match f.first().map(String::as_str) {
                 Some("cpu") => {
                     add(&mut f, 1, 300);
@@ -189,14 +142,8 @@ fn intel_box_exact_values() {
         .collect();
     b.write("proc/stat", &bumped);
     let m = wait_metric(&s, "appliance_cpu_usage_ratio", 0.75);
-    assert_eq!(
-        metric(&m, "appliance_cpu_core_usage_ratio{cpu=\"0\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&m, "appliance_cpu_core_usage_ratio{cpu=\"1\"}"),
-        Some(0.0)
-    );
+    assert_eq!(metric(&m, "appliance_cpu_core_usage_ratio{cpu=\"0\"}"), Some(1.0));
+    assert_eq!(metric(&m, "appliance_cpu_core_usage_ratio{cpu=\"1\"}"), Some(0.0));
 
     let st = s.status_json();
     assert_eq!(st["node"]["name"], "test-node");
@@ -210,19 +157,11 @@ fn intel_box_exact_values() {
     assert_eq!(st["alerts"], Value::Array(vec![]));
     let pkg = sensor(&st, "coretemp/Package id 0").expect("package sensor");
     assert_eq!(
-        (
-            pkg["celsius"].as_f64(),
-            pkg["warn"].as_f64(),
-            pkg["critical"].as_f64()
-        ),
+        (pkg["celsius"].as_f64(), pkg["warn"].as_f64(), pkg["critical"].as_f64()),
         (Some(45.0), Some(85.0), Some(95.0))
     );
     assert_eq!(pkg["severity"], "ok");
-    assert_eq!(
-        st["sensors"].as_array().unwrap().len(),
-        11,
-        "9 hwmon + 2 thermal zones"
-    );
+    assert_eq!(st["sensors"].as_array().unwrap().len(), 11, "9 hwmon + 2 thermal zones");
     assert_eq!(st["monitor"]["memory"]["used_bytes"], 16777216000u64);
     assert_eq!(st["monitor"]["host_uptime_seconds"], 86400.0);
     // The 256 °C and THERMAL_TEMP_INVALID trip points are reported, not used.
@@ -241,10 +180,7 @@ fn intel_box_exact_values() {
         text.contains("sensor    coretemp/Package id 0 45.0 °C ok (warn 85, critical 95)"),
         "{text}"
     );
-    assert!(
-        text.contains("memory    15.6 GiB of 62.5 GiB used (25.0 %)"),
-        "{text}"
-    );
+    assert!(text.contains("memory    15.6 GiB of 62.5 GiB used (25.0 %)"), "{text}");
 }
 
 #[test]
@@ -257,44 +193,20 @@ fn amd_box_names_duplicate_chips_and_skips_virtual_uplinks() {
             "appliance_hardware_profile_info{profile=\"hpe-proliant-dl325-gen10-plus\"}",
             1.0,
         ),
-        (
-            "appliance_temperature_celsius{sensor=\"k10temp/Tctl\"}",
-            52.75,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"k10temp/Tccd1\"}",
-            48.5,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"k10temp/Tccd4\"}",
-            49.125,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"nvme:nvme0/Composite\"}",
-            36.85,
-        ),
-        (
-            "appliance_temperature_celsius{sensor=\"nvme:nvme1/Composite\"}",
-            39.85,
-        ),
-        (
-            "appliance_temperature_warn_celsius{sensor=\"k10temp/Tctl\"}",
-            80.0,
-        ),
-        (
-            "appliance_temperature_critical_celsius{sensor=\"k10temp/Tctl\"}",
-            90.0,
-        ),
+        ("appliance_temperature_celsius{sensor=\"k10temp/Tctl\"}", 52.75),
+        ("appliance_temperature_celsius{sensor=\"k10temp/Tccd1\"}", 48.5),
+        ("appliance_temperature_celsius{sensor=\"k10temp/Tccd4\"}", 49.125),
+        ("appliance_temperature_celsius{sensor=\"nvme:nvme0/Composite\"}", 36.85),
+        ("appliance_temperature_celsius{sensor=\"nvme:nvme1/Composite\"}", 39.85),
+        ("appliance_temperature_warn_celsius{sensor=\"k10temp/Tctl\"}", 80.0),
+        ("appliance_temperature_critical_celsius{sensor=\"k10temp/Tctl\"}", 90.0),
         ("appliance_memory_used_bytes", 33554432000.0),
         ("appliance_cpus", 8.0),
         (
             "appliance_network_receive_bytes_total{device=\"ens1f0np0\"}",
             1200000000000.0,
         ),
-        (
-            "appliance_network_receive_drops_total{device=\"ens1f0np0\"}",
-            42.0,
-        ),
+        ("appliance_network_receive_drops_total{device=\"ens1f0np0\"}", 42.0),
     ] {
         assert_eq!(metric(&m, series), Some(want), "{series}");
     }
@@ -322,15 +234,9 @@ fn box_without_sensors() {
         metric(&m, "appliance_hardware_profile_info{profile=\"qemu\"}"),
         Some(1.0)
     );
-    assert_eq!(
-        metric(&m, "appliance_memory_used_bytes"),
-        Some(1048576000.0)
-    );
+    assert_eq!(metric(&m, "appliance_memory_used_bytes"), Some(1048576000.0));
     assert_eq!(metric(&m, "appliance_sensor_problems"), Some(0.0));
-    assert!(
-        !m.contains("appliance_temperature_celsius{"),
-        "no temperature samples"
-    );
+    assert!(!m.contains("appliance_temperature_celsius{"), "no temperature samples");
     assert!(
         m.contains("# TYPE appliance_temperature_celsius gauge"),
         "the family is still declared"
@@ -381,10 +287,7 @@ fn set_package(b: &Box_, s: &Supervisor, celsius: f64) -> String {
 fn temperature_alert_warns_then_critical_then_back_with_hysteresis() {
     let b = Box_::recorded("intel-coretemp-nvme");
     // Profile: warn 85, critical 95. Hysteresis 5 °C, minimum duration 1 s.
-    let s = start(
-        &b,
-        "[alerts]\ntemperature = { for = \"1s\", hysteresis = 5.0 }\n",
-    );
+    let s = start(&b, "[alerts]\ntemperature = { for = \"1s\", hysteresis = 5.0 }\n");
     assert_eq!(set_package(&b, &s, 84.0), "ok");
 
     // Above warn: not at once, only after the minimum duration.
@@ -441,21 +344,14 @@ fn temperature_alert_warns_then_critical_then_back_with_hysteresis() {
     assert_eq!(metric(&s.metrics(), "appliance_health_status"), Some(0.0));
     let log = s.log_text();
     assert!(log.contains("alert temperature:coretemp/Package id 0: coretemp/Package id 0 temperature is 96.0 °C, above the critical threshold"), "{log}");
-    assert!(
-        log.contains("alert temperature:coretemp/Package id 0 cleared"),
-        "{log}"
-    );
+    assert!(log.contains("alert temperature:coretemp/Package id 0 cleared"), "{log}");
 }
 
 #[test]
 fn sensors_vanish_appear_and_return_garbage() {
     let b = Box_::recorded("intel-coretemp-nvme");
     let s = start(&b, "");
-    wait_metric(
-        &s,
-        "appliance_temperature_celsius{sensor=\"nvme/Composite\"}",
-        37.85,
-    );
+    wait_metric(&s, "appliance_temperature_celsius{sensor=\"nvme/Composite\"}", 37.85);
 
     // The NVMe drive is pulled: its chip directory vanishes.
     std::fs::remove_dir_all(b.path("sys/class/hwmon/hwmon1")).unwrap();
@@ -472,24 +368,15 @@ fn sensors_vanish_appear_and_return_garbage() {
     b.write("sys/class/hwmon/hwmon2/temp3_input", "0\n");
     let m = wait_metric(&s, "appliance_sensor_problems", 5.0);
     assert_eq!(
-        metric(
-            &m,
-            "appliance_temperature_celsius{sensor=\"coretemp/Core 0\"}"
-        ),
+        metric(&m, "appliance_temperature_celsius{sensor=\"coretemp/Core 0\"}"),
         None
     );
     assert_eq!(
-        metric(
-            &m,
-            "appliance_temperature_celsius{sensor=\"coretemp/Core 1\"}"
-        ),
+        metric(&m, "appliance_temperature_celsius{sensor=\"coretemp/Core 1\"}"),
         None
     );
     assert_eq!(
-        metric(
-            &m,
-            "appliance_temperature_celsius{sensor=\"coretemp/Package id 0\"}"
-        ),
+        metric(&m, "appliance_temperature_celsius{sensor=\"coretemp/Package id 0\"}"),
         Some(45.0)
     );
     let st = s.status_json();
@@ -505,11 +392,7 @@ fn sensors_vanish_appear_and_return_garbage() {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("name"), "drivetemp\n").unwrap();
     std::fs::write(d.join("temp1_input"), "33000\n").unwrap();
-    wait_metric(
-        &s,
-        "appliance_temperature_celsius{sensor=\"drivetemp/temp1\"}",
-        33.0,
-    );
+    wait_metric(&s, "appliance_temperature_celsius{sensor=\"drivetemp/temp1\"}", 33.0);
     // Every sensor gone at once (a container, or sysfs unmounted).
     std::fs::remove_dir_all(b.path("sys/class/hwmon")).unwrap();
     std::fs::remove_dir_all(b.path("sys/class/thermal")).unwrap();
@@ -550,10 +433,7 @@ fn network_counters_survive_reset_and_give_rates() {
         }
     });
     assert_eq!(
-        metric(
-            &m,
-            "appliance_network_receive_bytes_total{device=\"eno12399np0\"}"
-        ),
+        metric(&m, "appliance_network_receive_bytes_total{device=\"eno12399np0\"}"),
         Some(500000001000.0)
     );
 }
@@ -571,10 +451,7 @@ fn history_and_certificate_survive_a_restart() {
         }
     });
     assert_eq!(s.stop(), Some(0), "clean exit on SIGTERM");
-    assert!(
-        !s.state_dir.join("control.sock").exists(),
-        "socket removed on exit"
-    );
+    assert!(!s.state_dir.join("control.sock").exists(), "socket removed on exit");
     let mode = std::fs::metadata(&s.state_dir).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.permissions().mode() & 0o777, 0o750);
@@ -591,11 +468,7 @@ fn history_and_certificate_survive_a_restart() {
         s.addr,
         std::sync::Arc::new(tempfile::TempDir::new_in(&dir).unwrap()),
     );
-    assert_eq!(
-        s2.cert_fingerprint().unwrap(),
-        fp,
-        "same certificate after restart"
-    );
+    assert_eq!(s2.cert_fingerprint().unwrap(), fp, "same certificate after restart");
     let log = s2.log_text();
     assert!(
         log.contains("graph history: ") && log.contains(" series from "),
@@ -614,8 +487,7 @@ fn notifies_systemd_ready_status_and_watchdog() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let s = Supervisor::start_env(
         Setup {
             sysfs_root: &b.path("sys"),
@@ -634,9 +506,7 @@ fn notifies_systemd_ready_status_and_watchdog() {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             seen.push('\n');
         }
-        let ok = seen.contains("READY=1")
-            && seen.contains("STATUS=ok")
-            && seen.matches("WATCHDOG=1").count() >= 2;
+        let ok = seen.contains("READY=1") && seen.contains("STATUS=ok") && seen.matches("WATCHDOG=1").count() >= 2;
         if ok { Ok(()) } else { Err(seen.clone()) }
     });
     drop(s);

@@ -46,11 +46,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on loopback (released for the caller to bind).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes; panics with
@@ -97,10 +93,7 @@ pub struct Box_ {
 impl Box_ {
     pub fn recorded(name: &str) -> Box_ {
         let dir = tempfile::tempdir().unwrap();
-        copy_tree(
-            &repo_root().join("appliance/monitor/tests/data").join(name),
-            dir.path(),
-        );
+        copy_tree(&repo_root().join("appliance/monitor/tests/data").join(name), dir.path());
         Box_ { dir }
     }
 
@@ -190,10 +183,9 @@ impl Supervisor {
         dir: Arc<tempfile::TempDir>,
         env: &[(&str, &str)],
     ) -> Supervisor {
-        let log = dir.path().join(format!(
-            "supervisor-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
+        let log = dir
+            .path()
+            .join(format!("supervisor-{}.log", Instant::now().elapsed().as_nanos()));
         let log_file = fs::File::create(&log).unwrap();
         let child = Command::new(bin("appliance"))
             .args(["run", "--config"])
@@ -214,23 +206,16 @@ impl Supervisor {
             log,
             _dir: dir,
         };
-        wait_for(
-            "the admin server to answer /healthz",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                    panic!(
-                        "supervisor exited early with {status}; log:\n{}",
-                        s.log_text()
-                    );
-                }
-                match s.get("/healthz") {
-                    Ok(r) if r.status == 200 => Ok(()),
-                    Ok(r) => Err(format!("status {}", r.status)),
-                    Err(e) => Err(e),
-                }
-            },
-        );
+        wait_for("the admin server to answer /healthz", Duration::from_secs(30), || {
+            if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("supervisor exited early with {status}; log:\n{}", s.log_text());
+            }
+            match s.get("/healthz") {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status)),
+                Err(e) => Err(e),
+            }
+        });
         s
     }
 
@@ -310,23 +295,15 @@ impl Drop for Supervisor {
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// Minimal plain-HTTP GET for local services (no TLS).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let r = tls::parse_response(&buf)?;

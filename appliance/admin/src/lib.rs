@@ -36,17 +36,11 @@ pub trait Backend: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("certificate {}: {what}", path.display())]
     Certificate { path: PathBuf, what: String },
     #[error("admin server on {addr}: {source}")]
-    Serve {
-        addr: String,
-        source: std::io::Error,
-    },
+    Serve { addr: String, source: std::io::Error },
 }
 
 impl Error {
@@ -79,10 +73,7 @@ async fn healthz(State(b): State<Arc<dyn Backend>>) -> Response {
 async fn metrics(State(b): State<Arc<dyn Backend>>) -> Response {
     let body = b.metrics();
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
     )
         .into_response()
@@ -98,15 +89,9 @@ async fn security_headers(mut res: Response) -> Response {
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000"),
     );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
@@ -120,17 +105,13 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let config =
-        axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
-            .await
-            .map_err(|e| Error::Certificate {
-                path: cert.cert_path.clone(),
-                what: e.to_string(),
-            })?;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
+        .await
+        .map_err(|e| Error::Certificate {
+            path: cert.cert_path.clone(),
+            what: e.to_string(),
+        })?;
     listener.set_nonblocking(true).map_err(|e| Error::Serve {
         addr: addr.clone(),
         source: e,
@@ -183,10 +164,7 @@ mod tests {
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(
-            res.headers().get(header::X_CONTENT_TYPE_OPTIONS).unwrap(),
-            "nosniff"
-        );
+        assert_eq!(res.headers().get(header::X_CONTENT_TYPE_OPTIONS).unwrap(), "nosniff");
         let body = res.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap(), ct)
     }
@@ -195,17 +173,11 @@ mod tests {
     async fn routes() {
         assert_eq!(get(true, "/healthz").await.0, StatusCode::OK);
         assert_eq!(get(true, "/healthz").await.1, "ok\n");
-        assert_eq!(
-            get(false, "/healthz").await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(get(false, "/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE);
         let (s, body, ct) = get(true, "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(body, "appliance_build_info{version=\"1\"} 1\n");
-        assert_eq!(
-            ct.as_deref(),
-            Some("text/plain; version=0.0.4; charset=utf-8")
-        );
+        assert_eq!(ct.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
         assert_eq!(get(true, "/admin").await.0, StatusCode::NOT_FOUND);
     }
 }

@@ -35,11 +35,7 @@ pub struct CertInfo {
 /// Formats a digest the way browsers show certificate fingerprints.
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
-    digest
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 /// Reads a PEM certificate and returns its fingerprint and expiry.
@@ -53,10 +49,7 @@ pub fn inspect(cert_path: &Path) -> Result<(String, i64), Error> {
         path: cert_path.to_path_buf(),
         what: format!("not an X.509 certificate: {e}"),
     })?;
-    Ok((
-        fingerprint(&pem.contents),
-        cert.validity().not_after.timestamp(),
-    ))
+    Ok((fingerprint(&pem.contents), cert.validity().not_after.timestamp()))
 }
 
 /// Uses the operator's certificate when both paths are given, else makes
@@ -80,10 +73,7 @@ pub fn ensure(
     }
     let cert_path = dir.join("admin-cert.pem");
     let key_path = dir.join("admin-key.pem");
-    let now_unix = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now_unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     if cert_path.exists() && key_path.exists() {
         match inspect(&cert_path) {
             Ok((fp, not_after)) if not_after - now_unix > RENEW_BEFORE.as_secs() as i64 => {
@@ -105,51 +95,34 @@ pub fn ensure(
     generate(dir, &cert_path, &key_path, names, now_unix)
 }
 
-fn generate(
-    dir: &Path,
-    cert_path: &Path,
-    key_path: &Path,
-    names: &[String],
-    now_unix: i64,
-) -> Result<CertInfo, Error> {
+fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String], now_unix: i64) -> Result<CertInfo, Error> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cert_err = |what: String| Error::Certificate {
         path: cert_path.to_path_buf(),
         what,
     };
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| cert_err(e.to_string()))?;
-    let mut params =
-        rcgen::CertificateParams::new(names.to_vec()).map_err(|e| cert_err(e.to_string()))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| cert_err(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| cert_err(e.to_string()))?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(
         rcgen::DnType::CommonName,
         names.first().cloned().unwrap_or_else(|| "appliance".into()),
     );
-    dn.push(
-        rcgen::DnType::OrganizationName,
-        "city node admin page (self-signed)",
-    );
+    dn.push(rcgen::DnType::OrganizationName, "city node admin page (self-signed)");
     params.distinguished_name = dn;
     // A day of slack for clocks that are a little behind.
-    params.not_before = time::OffsetDateTime::from_unix_timestamp(now_unix - 86400)
-        .map_err(|e| cert_err(e.to_string()))?;
+    params.not_before =
+        time::OffsetDateTime::from_unix_timestamp(now_unix - 86400).map_err(|e| cert_err(e.to_string()))?;
     let not_after = now_unix + VALIDITY.as_secs() as i64;
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
-        .map_err(|e| cert_err(e.to_string()))?;
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).map_err(|e| cert_err(e.to_string()))?;
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| cert_err(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(|e| cert_err(e.to_string()))?;
     // The key first, created 0600 so it is never readable by others, not
     // even between create and chmod.
     write_atomic(key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(cert_path, cert.pem().as_bytes(), 0o644)?;
     let fp = fingerprint(cert.der());
-    log::info!(
-        "generated admin certificate {} (SHA-256 {fp})",
-        cert_path.display()
-    );
+    log::info!("generated admin certificate {} (SHA-256 {fp})", cert_path.display());
     Ok(CertInfo {
         cert_path: cert_path.into(),
         key_path: key_path.into(),
@@ -183,11 +156,7 @@ mod tests {
     #[test]
     fn generates_once_keeps_and_renews() {
         let dir = tempfile::tempdir().unwrap();
-        let names = vec![
-            "node-1".to_string(),
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ];
+        let names = vec!["node-1".to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let a = ensure(dir.path(), None, &names, t0).unwrap();
         assert!(a.generated);
@@ -197,17 +166,11 @@ mod tests {
         assert_eq!(mode, 0o600);
 
         let b = ensure(dir.path(), None, &names, t0 + Duration::from_secs(86400)).unwrap();
-        assert_eq!(
-            a.fingerprint_sha256, b.fingerprint_sha256,
-            "kept across restarts"
-        );
+        assert_eq!(a.fingerprint_sha256, b.fingerprint_sha256, "kept across restarts");
 
         let late = t0 + VALIDITY - RENEW_BEFORE + Duration::from_secs(1);
         let c = ensure(dir.path(), None, &names, late).unwrap();
-        assert_ne!(
-            a.fingerprint_sha256, c.fingerprint_sha256,
-            "renewed near expiry"
-        );
+        assert_ne!(a.fingerprint_sha256, c.fingerprint_sha256, "renewed near expiry");
     }
 
     #[test]
@@ -222,9 +185,6 @@ mod tests {
         let e = ensure(dir.path(), Some((&bad, &bad)), &[], now)
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("op.pem") && e.contains("not a PEM certificate"),
-            "{e}"
-        );
+        assert!(e.contains("op.pem") && e.contains("not a PEM certificate"), "{e}");
     }
 }

@@ -5,10 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 pub use appliance_monitor::{Alert, Health, Severity, Snapshot};
+pub use appliance_services::runtime::{CheckView, ServiceView, ServicesStatus};
 
 mod text;
 
-pub use text::{format_bytes, format_duration};
+pub use text::{format_bytes, format_duration, services_table};
 
 /// Everything `appliance status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,22 @@ pub struct Status {
     pub sensors: Vec<Sensor>,
     /// The latest sample; `None` until the first one is taken.
     pub monitor: Option<Snapshot>,
+    /// The recipe's services; `None` when no recipe is configured.
+    pub services: Option<ServicesStatus>,
+    /// BBB's meetings as last polled; `None` without a `[bbb]` section.
+    pub bbb: Option<BbbStatus>,
+}
+
+/// What the last getMeetings said.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BbbStatus {
+    /// Whether the last poll succeeded.
+    pub up: bool,
+    pub meetings: u32,
+    pub participants: u32,
+    /// Unix time of the last successful poll.
+    pub last_ok: Option<f64>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

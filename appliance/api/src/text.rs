@@ -52,8 +52,37 @@ fn rate(bytes_per_s: Option<f64>) -> String {
 }
 
 fn pct(r: Option<f64>) -> String {
-    r.map(|r| format!("{:.1} %", r * 100.0))
-        .unwrap_or_else(|| "-".into())
+    r.map(|r| format!("{:.1} %", r * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+/// The table printed by `appliance services`.
+pub fn services_table(sv: &crate::ServicesStatus) -> String {
+    let mut o = String::new();
+    o.push_str("SERVICE                  STATE       UNIT STATE             HEALTH    RESTARTS  LAST FAILURE\n");
+    for s in &sv.services {
+        let health = if s.checks.is_empty() {
+            "-".to_string()
+        } else if s.checks.iter().all(|c| c.ok != Some(false)) {
+            "ok".to_string()
+        } else {
+            "failing".to_string()
+        };
+        let unit_state = format!("{}/{}", s.active_state, s.sub_state);
+        let last = s
+            .last_failure
+            .as_ref()
+            .map(|f| f.reason.clone())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "{:<24} {:<11} {:<22} {:<9} {:>8}  {last}",
+            s.name, s.state, unit_state, health, s.restarts
+        );
+    }
+    if let Some(e) = &sv.error {
+        let _ = writeln!(o, "error: {e}");
+    }
+    o
 }
 
 pub(crate) fn render(st: &Status) -> String {
@@ -61,11 +90,7 @@ pub(crate) fn render(st: &Status) -> String {
     let _ = writeln!(o, "node      {}", st.node.name);
     let _ = writeln!(o, "version   {}", st.node.version);
     let _ = writeln!(o, "uptime    {}", format_duration(st.node.uptime_seconds));
-    let _ = writeln!(
-        o,
-        "hardware  {} ({})",
-        st.hardware.profile, st.hardware.reason
-    );
+    let _ = writeln!(o, "hardware  {} ({})", st.hardware.profile, st.hardware.reason);
     let _ = writeln!(o, "health    {}", st.health.summary);
     if let Some(m) = &st.monitor {
         let load = m
@@ -73,12 +98,7 @@ pub(crate) fn render(st: &Status) -> String {
             .load
             .map(|l| format!(", load {:.2} {:.2} {:.2}", l[0], l[1], l[2]))
             .unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "cpu       {} of {} cores{load}",
-            pct(m.cpu.usage),
-            m.cpu.cores.len()
-        );
+        let _ = writeln!(o, "cpu       {} of {} cores{load}", pct(m.cpu.usage), m.cpu.cores.len());
         if let Some(mem) = &m.memory {
             let _ = writeln!(
                 o,
@@ -104,10 +124,7 @@ pub(crate) fn render(st: &Status) -> String {
                 Some(false) => "down",
                 None => "unknown",
             };
-            let speed = i
-                .speed_mbps
-                .map(|s| format!(" {s} Mb/s"))
-                .unwrap_or_default();
+            let speed = i.speed_mbps.map(|s| format!(" {s} Mb/s")).unwrap_or_default();
             let _ = writeln!(
                 o,
                 "network   {} {state}{speed}, in {}, out {}",
@@ -129,11 +146,32 @@ pub(crate) fn render(st: &Status) -> String {
             (None, Some(c)) => format!(" (critical {c})"),
             (None, None) => String::new(),
         };
-        let _ = writeln!(
-            o,
-            "sensor    {} {:.1} °C {}{limits}",
-            s.sensor, s.celsius, s.severity
-        );
+        let _ = writeln!(o, "sensor    {} {:.1} °C {}{limits}", s.sensor, s.celsius, s.severity);
+    }
+    if let Some(b) = &st.bbb {
+        match &b.error {
+            None => {
+                let _ = writeln!(o, "bbb       {} meetings, {} participants", b.meetings, b.participants);
+            }
+            Some(e) => {
+                let _ = writeln!(o, "bbb       unreachable: {e}");
+            }
+        }
+    }
+    if let Some(sv) = &st.services {
+        let up = sv.services.iter().filter(|s| s.up).count();
+        let _ = writeln!(o, "services  {up} of {} up (recipe {})", sv.services.len(), sv.recipe);
+        for s in sv.services.iter().filter(|s| !s.up || s.state != "ok") {
+            let _ = writeln!(
+                o,
+                "service   {} {} ({}/{}){}",
+                s.name,
+                s.state,
+                s.active_state,
+                s.sub_state,
+                s.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+            );
+        }
     }
     if st.alerts.is_empty() {
         let _ = writeln!(o, "alerts    none");

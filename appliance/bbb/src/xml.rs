@@ -39,9 +39,7 @@ fn text<'a>(n: roxmltree::Node<'a, 'a>, name: &str) -> Option<&'a str> {
 }
 
 fn num(n: roxmltree::Node<'_, '_>, name: &str) -> u64 {
-    text(n, name)
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
+    text(n, name).and_then(|t| t.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Returns the `<response>` root, or the BBB error it carries.
@@ -101,10 +99,7 @@ fn parse_meeting(m: roxmltree::Node<'_, '_>) -> Result<Meeting, Error> {
             .ok_or(Error::Missing("meetingID"))?
             .trim()
             .to_string(),
-        internal_meeting_id: text(m, "internalMeetingID")
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+        internal_meeting_id: text(m, "internalMeetingID").unwrap_or("").trim().to_string(),
         name: text(m, "meetingName").unwrap_or("").trim().to_string(),
         running: flag("running"),
         create_time: num(m, "createTime"),
@@ -187,16 +182,10 @@ mod tests {
         assert_eq!(m[0].name, "Board & staff");
         assert_eq!(m[0].participant_count, 3);
         assert_eq!(m[0].start_time, 1700000000123);
-        assert_eq!(
-            m[0].metadata.get("member").map(String::as_str),
-            Some("coop-a")
-        );
+        assert_eq!(m[0].metadata.get("member").map(String::as_str), Some("coop-a"));
         assert_eq!(m[0].parent_meeting_id, None);
         assert!(m[1].is_breakout);
-        assert_eq!(
-            m[1].parent_meeting_id.as_deref(),
-            Some("c8f9a1-1700000000000")
-        );
+        assert_eq!(m[1].parent_meeting_id.as_deref(), Some("c8f9a1-1700000000000"));
     }
 
     #[test]

@@ -13,9 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     #[default]
@@ -144,10 +142,8 @@ pub fn step(rule: &Rule, prev: &AlertState, value: Option<f64>, now: f64) -> Ale
     // Staying in a level needs only threshold minus hysteresis.
     let stays = |t: Option<f64>| t.is_some_and(|t| v > t - rule.hysteresis);
 
-    let crit = held(next.above_crit_since)
-        || (prev.severity == Severity::Critical && stays(rule.critical));
-    let warn =
-        held(next.above_warn_since) || (prev.severity >= Severity::Warning && stays(rule.warn));
+    let crit = held(next.above_crit_since) || (prev.severity == Severity::Critical && stays(rule.critical));
+    let warn = held(next.above_warn_since) || (prev.severity >= Severity::Warning && stays(rule.warn));
     // A rule with only a critical threshold holds "warning" through nothing.
     let severity = if crit {
         Severity::Critical
@@ -278,12 +274,7 @@ mod tests {
             (
                 "missing value keeps the level",
                 0.0,
-                &[
-                    (0.0, Some(95.0)),
-                    (1.0, None),
-                    (2.0, Some(f64::NAN)),
-                    (3.0, Some(60.0)),
-                ],
+                &[(0.0, Some(95.0)), (1.0, None), (2.0, Some(f64::NAN)), (3.0, Some(60.0))],
                 &[C, C, C, O],
             ),
             (

@@ -302,15 +302,10 @@ impl Collector {
             }
         };
         let (ifaces, errors) = procfs::parse_net_dev(&text);
-        problems.extend(
-            errors
-                .into_iter()
-                .map(|e| Problem::new(&path, e.to_string())),
-        );
+        problems.extend(errors.into_iter().map(|e| Problem::new(&path, e.to_string())));
         // Interfaces that vanished are forgotten; if they come back their
         // totals start again from the kernel's figure.
-        self.net
-            .retain(|name, _| ifaces.iter().any(|(n, _)| n == name));
+        self.net.retain(|name, _| ifaces.iter().any(|(n, _)| n == name));
         let mut out = Vec::with_capacity(ifaces.len());
         for (name, c) in ifaces {
             let state = self.net.entry(name.clone()).or_default();
@@ -330,11 +325,7 @@ impl Collector {
                 deltas[i] = state.counters[i].observe(*r);
             }
             let rate = |d: u64| {
-                if first {
-                    None
-                } else {
-                    dt.map(|dt| d as f64 / dt)
-                }
+                if first { None } else { dt.map(|dt| d as f64 / dt) }
             };
             let link = sysfs::read_link_state(&self.roots.sys, &name);
             let t = |i: usize| state.counters[i].total();
@@ -366,10 +357,7 @@ pub fn pick_uplink<'a>(wanted: &str, ifaces: &'a [Interface]) -> Option<&'a Inte
     if wanted != "auto" {
         return ifaces.iter().find(|i| i.name == wanted);
     }
-    let mut candidates: Vec<&Interface> = ifaces
-        .iter()
-        .filter(|i| !i.loopback && i.up != Some(false))
-        .collect();
+    let mut candidates: Vec<&Interface> = ifaces.iter().filter(|i| !i.loopback && i.up != Some(false)).collect();
     candidates.sort_by_key(|i| (!i.physical, i.up != Some(true), i.name.clone()));
     candidates.first().copied()
 }
@@ -447,7 +435,11 @@ mod tests {
         assert_eq!(s1.problems.len(), 1, "{:?}", s1.problems);
         assert!(s1.problems[0].path.contains("denied"));
 
-        fs::write(d.path().join("proc/stat"), "cpu  400 0 0 1000 0 0 0 0 0 0\ncpu0 50 0 0 550 0 0 0 0 0 0\ncpu1 350 0 0 450 0 0 0 0 0 0\n").unwrap();
+        fs::write(
+            d.path().join("proc/stat"),
+            "cpu  400 0 0 1000 0 0 0 0 0 0\ncpu0 50 0 0 550 0 0 0 0 0 0\ncpu1 350 0 0 450 0 0 0 0 0 0\n",
+        )
+        .unwrap();
         fs::write(
             d.path().join("proc/net/dev"),
             "  eth0: 3000 30 0 0 0 0 0 0 2500 25 0 0 0 0 0 0\n",

@@ -35,9 +35,7 @@ impl Counter {
             }
             Some(last) if raw >= last => raw - last,
             Some(last) => {
-                let wrapped = (u32::MAX as u64)
-                    .checked_sub(last)
-                    .map(|room| room + raw + 1);
+                let wrapped = (u32::MAX as u64).checked_sub(last).map(|room| room + raw + 1);
                 match wrapped {
                     Some(w) if w < MAX_WRAP_STEP => w,
                     _ => raw,
@@ -79,12 +77,7 @@ mod tests {
                 &[0, 10],
                 1_000_000_010,
             ),
-            (
-                "wrap then growth",
-                &[u32max, 0, 10],
-                &[0, 1, 10],
-                u32max + 11,
-            ),
+            ("wrap then growth", &[u32max, 0, 10], &[0, 1, 10], u32max + 11),
         ];
         for (name, readings, want_deltas, want_total) in cases {
             let (deltas, total) = run(readings);

@@ -91,10 +91,7 @@ impl AlertConfig {
             }
             if let (Some(w), Some(c)) = (l.warn, l.critical) {
                 if w > c {
-                    return Err((
-                        format!("alerts.{name}.warn"),
-                        format!("{w} is above critical ({c})"),
-                    ));
+                    return Err((format!("alerts.{name}.warn"), format!("{w} is above critical ({c})")));
                 }
             }
             if !(0.0..=1.0).contains(&l.hysteresis) {
@@ -198,18 +195,24 @@ impl Alerts {
     }
 
     pub fn health(&self) -> Health {
-        let active = self.active();
-        let status = active.first().map(|a| a.severity).unwrap_or_default();
-        let summary = match active.len() {
-            0 => "ok".to_string(),
-            1 => format!("{status}: {}", active[0].reason),
-            n => format!("{status}: {} (+{} more)", active[0].reason, n - 1),
-        };
-        Health {
-            status,
-            summary,
-            reasons: active.into_iter().map(|a| a.reason).collect(),
-        }
+        summarize(&self.active())
+    }
+}
+
+/// The traffic light for a set of alerts (from any source), worst first.
+pub fn summarize(alerts: &[Alert]) -> Health {
+    let mut sorted: Vec<&Alert> = alerts.iter().filter(|a| a.severity != Severity::Ok).collect();
+    sorted.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
+    let status = sorted.first().map(|a| a.severity).unwrap_or_default();
+    let summary = match sorted.len() {
+        0 => "ok".to_string(),
+        1 => format!("{status}: {}", sorted[0].reason),
+        n => format!("{status}: {} (+{} more)", sorted[0].reason, n - 1),
+    };
+    Health {
+        status,
+        summary,
+        reasons: sorted.into_iter().map(|a| a.reason.clone()).collect(),
     }
 }
 
@@ -233,11 +236,7 @@ pub fn temperature_thresholds(
 }
 
 /// The rules that apply to a sample, each with its current value.
-pub fn rules_for(
-    snap: &Snapshot,
-    profile: &HwProfile,
-    cfg: &AlertConfig,
-) -> Vec<(Rule, Option<f64>)> {
+pub fn rules_for(snap: &Snapshot, profile: &HwProfile, cfg: &AlertConfig) -> Vec<(Rule, Option<f64>)> {
     let mut out = Vec::new();
     let ratio = |id: &str, subject: String, l: &Limits| Rule {
         id: id.to_string(),
@@ -251,10 +250,7 @@ pub fn rules_for(
     };
     out.push((ratio("cpu", "CPU usage".into(), &cfg.cpu), snap.cpu.usage));
     if let Some(m) = &snap.memory {
-        out.push((
-            ratio("memory", "memory use".into(), &cfg.memory),
-            m.used_ratio(),
-        ));
+        out.push((ratio("memory", "memory use".into(), &cfg.memory), m.used_ratio()));
     }
     for f in &snap.filesystems {
         out.push((
@@ -267,11 +263,7 @@ pub fn rules_for(
         ));
     }
     if let Some(up) = pick_uplink(&profile.uplink.interface, &snap.network) {
-        let capacity = profile
-            .uplink
-            .capacity_mbps
-            .or(up.speed_mbps)
-            .filter(|c| *c > 0);
+        let capacity = profile.uplink.capacity_mbps.or(up.speed_mbps).filter(|c| *c > 0);
         if let Some(cap) = capacity {
             let bits = up.rx_rate.zip(up.tx_rate).map(|(r, t)| r.max(t) * 8.0);
             let value = bits.map(|b| b / (cap as f64 * 1e6));
@@ -305,10 +297,7 @@ pub fn rules_for(
         ));
     }
     for r in profile.sensors.iter().filter(|r| r.required) {
-        let present = snap
-            .temperatures
-            .iter()
-            .any(|t| r.matches(&t.chip, &t.label));
+        let present = snap.temperatures.iter().any(|t| r.matches(&t.chip, &t.label));
         out.push((
             Rule {
                 id: format!("sensor-missing:{}/{}", r.chip, r.label),
@@ -393,10 +382,7 @@ mod tests {
             temperature_thresholds(&p, "nvme", "Composite", Some(70.0), Some(85.0)),
             (Some(70.0), Some(85.0))
         );
-        assert_eq!(
-            temperature_thresholds(&p, "nvme", "Sensor 1", None, None),
-            (None, None)
-        );
+        assert_eq!(temperature_thresholds(&p, "nvme", "Sensor 1", None, None), (None, None));
         assert_eq!(
             temperature_thresholds(&p, "x", "y", Some(90.0), Some(80.0)),
             (None, Some(90.0))
@@ -426,9 +412,7 @@ mod tests {
         assert_eq!(h.status, Severity::Warning);
         assert_eq!(
             h.reasons,
-            [
-                "sensor coretemp/Package id * that profile test requires is missing: temperatures are not fully watched"
-            ]
+            ["sensor coretemp/Package id * that profile test requires is missing: temperatures are not fully watched"]
         );
 
         snap.temperatures = vec![temp("coretemp", "Package id 0", 91.0, None, None)];

@@ -203,10 +203,7 @@ impl History {
     /// Points of one series over a window, oldest first; `None` marks a gap.
     pub fn query(&self, name: &str, window: Window) -> Vec<(u64, Option<f32>)> {
         let (ring, n) = window.ring_and_len();
-        self.series
-            .get(name)
-            .map(|s| s.rings[ring].tail(n))
-            .unwrap_or_default()
+        self.series.get(name).map(|s| s.rings[ring].tail(n)).unwrap_or_default()
     }
 
     /// Drops series not updated since `cutoff` (unix seconds): interfaces
@@ -250,8 +247,7 @@ impl History {
             let name_len = read_u16(&mut r)? as usize;
             let mut name = vec![0u8; name_len];
             r.read_exact(&mut name).map_err(eof)?;
-            let name = String::from_utf8(name)
-                .map_err(|_| HistoryError::Corrupt("series name is not UTF-8".into()))?;
+            let name = String::from_utf8(name).map_err(|_| HistoryError::Corrupt("series name is not UTF-8".into()))?;
             let mut s = Series::new();
             s.last_update = read_u64(&mut r)?;
             for ring in &mut s.rings {
@@ -395,11 +391,7 @@ mod tests {
         let mut h = History::default();
         for i in 0..200u64 {
             h.record("cpu", 1_700_000_000 + i, (i % 7) as f64);
-            h.record(
-                "temp:coretemp/Package id 0",
-                1_700_000_000 + i,
-                40.0 + (i % 3) as f64,
-            );
+            h.record("temp:coretemp/Package id 0", 1_700_000_000 + i, 40.0 + (i % 3) as f64);
         }
         let mut buf = Vec::new();
         h.save(&mut buf).unwrap();
@@ -407,17 +399,11 @@ mod tests {
         let mut again = Vec::new();
         back.save(&mut again).unwrap();
         assert_eq!(again, buf);
-        assert_eq!(
-            back.query("cpu", Window::Hour),
-            h.query("cpu", Window::Hour)
-        );
+        assert_eq!(back.query("cpu", Window::Hour), h.query("cpu", Window::Hour));
         assert_eq!(back.query("cpu", Window::Hour).len(), 200);
         for cut in [0, 7, 12, buf.len() / 2, buf.len() - 1] {
             assert!(
-                matches!(
-                    History::load(&buf[..cut], 256),
-                    Err(HistoryError::Corrupt(_))
-                ),
+                matches!(History::load(&buf[..cut], 256), Err(HistoryError::Corrupt(_))),
                 "cut at {cut}"
             );
         }

@@ -45,21 +45,12 @@ impl ParseError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {}{what}", path.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
-    Profile {
-        path: PathBuf,
-        key: String,
-        what: String,
-    },
+    Profile { path: PathBuf, key: String, what: String },
     #[error("no hardware profile named {0:?}")]
     UnknownProfile(String),
-    #[error(
-        "no hardware profile matches this machine and there is no fallback profile (one with an empty [match])"
-    )]
+    #[error("no hardware profile matches this machine and there is no fallback profile (one with an empty [match])")]
     NoProfileMatched,
 }
 

@@ -76,10 +76,7 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
         if values.len() < 4 {
             return Err(ParseError::new(
                 "stat",
-                format!(
-                    "{key:?} line has {} fields, expected at least 4",
-                    values.len()
-                ),
+                format!("{key:?} line has {} fields, expected at least 4", values.len()),
             ));
         }
         let at = |i: usize| values.get(i).copied().unwrap_or(0);
@@ -297,12 +294,7 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -398,9 +390,7 @@ mod tests {
 
     #[test]
     fn meminfo_without_memavailable_estimates_it() {
-        let m =
-            parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 250 kB\n")
-                .unwrap();
+        let m = parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 250 kB\n").unwrap();
         assert_eq!(m.available, 400 * 1024);
         assert!(parse_meminfo("MemFree: 1 kB\n").is_err());
     }
@@ -426,27 +416,14 @@ mod tests {
         let eno1 = ifs[1].1;
         assert_eq!(ifs[1].0, "eno1");
         assert_eq!(
-            (
-                eno1.rx_bytes,
-                eno1.rx_packets,
-                eno1.rx_errors,
-                eno1.rx_drops
-            ),
+            (eno1.rx_bytes, eno1.rx_packets, eno1.rx_errors, eno1.rx_drops),
             (5000, 50, 1, 2)
         );
         assert_eq!(
-            (
-                eno1.tx_bytes,
-                eno1.tx_packets,
-                eno1.tx_errors,
-                eno1.tx_drops
-            ),
+            (eno1.tx_bytes, eno1.tx_packets, eno1.tx_errors, eno1.tx_drops),
             (7000, 70, 4, 5)
         );
-        assert_eq!(
-            ifs[2].0, "eth1",
-            "old kernels print no space after the colon"
-        );
+        assert_eq!(ifs[2].0, "eth1", "old kernels print no space after the colon");
         assert_eq!(ifs[2].1.rx_bytes, 9);
     }
 
@@ -456,19 +433,11 @@ mod tests {
         let m = parse_mounts(text);
         assert_eq!(m[2].mountpoint, "/mnt/my disk");
         assert_eq!(
-            mount_for(&m, "/var/bigbluebutton/published")
-                .unwrap()
-                .device,
+            mount_for(&m, "/var/bigbluebutton/published").unwrap().device,
             "/dev/vdb1"
         );
-        assert_eq!(
-            mount_for(&m, "/var/bigbluebutton").unwrap().device,
-            "/dev/vdb1"
-        );
-        assert_eq!(
-            mount_for(&m, "/var/bigbluebuttonx").unwrap().device,
-            "/dev/vda1"
-        );
+        assert_eq!(mount_for(&m, "/var/bigbluebutton").unwrap().device, "/dev/vdb1");
+        assert_eq!(mount_for(&m, "/var/bigbluebuttonx").unwrap().device, "/dev/vda1");
         assert_eq!(mount_for(&m, "/").unwrap().device, "/dev/vda1");
     }
 

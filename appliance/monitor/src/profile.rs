@@ -152,21 +152,14 @@ pub fn load_file(path: &Path) -> Result<HwProfile, Error> {
         key,
         what,
     };
-    let de = toml::Deserializer::parse(&text)
-        .map_err(|e| err(String::new(), e.message().to_string()))?;
-    let profile: HwProfile = serde_path_to_error::deserialize(de)
-        .map_err(|e| err(e.path().to_string(), e.inner().message().to_string()))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
+    let de = toml::Deserializer::parse(&text).map_err(|e| err(String::new(), e.message().to_string()))?;
+    let profile: HwProfile =
+        serde_path_to_error::deserialize(de).map_err(|e| err(e.path().to_string(), e.inner().message().to_string()))?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     if profile.name != stem {
         return Err(err(
             "name".into(),
-            format!(
-                "is {:?} but must equal the file name {stem:?}",
-                profile.name
-            ),
+            format!("is {:?} but must equal the file name {stem:?}", profile.name),
         ));
     }
     for (i, s) in profile.sensors.iter().enumerate() {
@@ -185,10 +178,7 @@ pub fn load_file(path: &Path) -> Result<HwProfile, Error> {
     }
     for (k, v) in profile.matches.fields() {
         if glob::Pattern::new(v).is_err() {
-            return Err(err(
-                format!("match.{k}"),
-                format!("{v:?} is not a valid glob"),
-            ));
+            return Err(err(format!("match.{k}"), format!("{v:?} is not a valid glob")));
         }
     }
     Ok(profile)
@@ -207,11 +197,7 @@ pub struct Detection {
 /// fits the DMI values, the one with the most fields (the most specific);
 /// ties go to the name that sorts first so the choice is stable.
 /// `forced` names a profile the operator chose instead.
-pub fn detect(
-    profiles: &[HwProfile],
-    dmi: &[(String, String)],
-    forced: Option<&str>,
-) -> Result<Detection, Error> {
+pub fn detect(profiles: &[HwProfile], dmi: &[(String, String)], forced: Option<&str>) -> Result<Detection, Error> {
     let dmi_map: BTreeMap<String, String> = dmi.iter().cloned().collect();
     if let Some(name) = forced {
         return profiles
@@ -286,10 +272,7 @@ mod tests {
     }
 
     fn dmi(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -321,17 +304,11 @@ mod tests {
         ];
         let cases: &[(&[(&str, &str)], &str)] = &[
             (
-                &[
-                    ("sys_vendor", "Dell Inc."),
-                    ("product_name", "PowerEdge R650xs"),
-                ],
+                &[("sys_vendor", "Dell Inc."), ("product_name", "PowerEdge R650xs")],
                 "r650",
             ),
             (
-                &[
-                    ("sys_vendor", "Dell Inc."),
-                    ("product_name", "PowerEdge R750"),
-                ],
+                &[("sys_vendor", "Dell Inc."), ("product_name", "PowerEdge R750")],
                 "dell",
             ),
             (
@@ -350,10 +327,7 @@ mod tests {
         }
         let d = detect(
             &profiles,
-            &dmi(&[
-                ("sys_vendor", "Dell Inc."),
-                ("product_name", "PowerEdge R650"),
-            ]),
+            &dmi(&[("sys_vendor", "Dell Inc."), ("product_name", "PowerEdge R650")]),
             None,
         )
         .unwrap();
@@ -377,18 +351,12 @@ mod tests {
                 ..Default::default()
             },
         )];
-        assert_eq!(
-            detect(&profiles, &[], Some("qemu")).unwrap().profile,
-            "qemu"
-        );
+        assert_eq!(detect(&profiles, &[], Some("qemu")).unwrap().profile, "qemu");
         assert!(matches!(
             detect(&profiles, &[], Some("nope")),
             Err(Error::UnknownProfile(_))
         ));
-        assert!(matches!(
-            detect(&profiles, &[], None),
-            Err(Error::NoProfileMatched)
-        ));
+        assert!(matches!(detect(&profiles, &[], None), Err(Error::NoProfileMatched)));
     }
 
     #[test]
@@ -409,11 +377,7 @@ mod tests {
     fn bad_profile_files_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            (
-                "x",
-                "name = \"x\"\ndescription = \"d\"\ncolour = 1\n",
-                "unknown field",
-            ),
+            ("x", "name = \"x\"\ndescription = \"d\"\ncolour = 1\n", "unknown field"),
             ("x", "name = \"y\"\ndescription = \"d\"\n", "name"),
             (
                 "x",

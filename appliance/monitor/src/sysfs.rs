@@ -140,10 +140,7 @@ pub fn read_hwmon(sys: &Path, problems: &mut Vec<Problem>) -> Vec<Temperature> {
                 }
             };
             let Some(celsius) = celsius_from_millis(millis) else {
-                problems.push(Problem::new(
-                    &input,
-                    format!("implausible reading {millis} m°C"),
-                ));
+                problems.push(Problem::new(&input, format!("implausible reading {millis} m°C")));
                 continue;
             };
             let label = read_trimmed(&dir.join(format!("temp{n}_label")))
@@ -173,11 +170,7 @@ pub fn read_hwmon(sys: &Path, problems: &mut Vec<Problem>) -> Vec<Temperature> {
     for chip in &chips {
         let shared = chips.iter().filter(|c| c.name == chip.name).count() > 1;
         let prefix = if shared {
-            format!(
-                "{}:{}",
-                chip.name,
-                chip.device.as_deref().unwrap_or(&chip.dir_name)
-            )
+            format!("{}:{}", chip.name, chip.device.as_deref().unwrap_or(&chip.dir_name))
         } else {
             chip.name.clone()
         };
@@ -238,10 +231,7 @@ pub fn read_thermal_zones(sys: &Path, problems: &mut Vec<Problem>) -> Vec<Temper
             Ok(m) => match celsius_from_millis(m) {
                 Some(c) => c,
                 None => {
-                    problems.push(Problem::new(
-                        &temp_path,
-                        format!("implausible reading {m} m°C"),
-                    ));
+                    problems.push(Problem::new(&temp_path, format!("implausible reading {m} m°C")));
                     continue;
                 }
             },
@@ -308,13 +298,8 @@ pub fn read_link_state(sys: &Path, iface: &str) -> LinkState {
         _ => None,
     };
     // `speed` reads -1, or fails with EINVAL, when the link is down.
-    let speed_mbps = read_i64(&dir.join("speed"))
-        .ok()
-        .filter(|s| *s > 0)
-        .map(|s| s as u64);
-    let kind = read_i64(&dir.join("type"))
-        .ok()
-        .and_then(|t| u32::try_from(t).ok());
+    let speed_mbps = read_i64(&dir.join("speed")).ok().filter(|s| *s > 0).map(|s| s as u64);
+    let kind = read_i64(&dir.join("type")).ok().and_then(|t| u32::try_from(t).ok());
     LinkState {
         up,
         speed_mbps,
@@ -438,14 +423,7 @@ mod tests {
         let mut problems = Vec::new();
         let temps = read_hwmon(sys, &mut problems);
         let names: Vec<_> = temps.iter().map(|t| t.sensor.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "nvme:nvme0/Composite",
-                "nvme:nvme1/Composite",
-                "acpitz/temp1"
-            ]
-        );
+        assert_eq!(names, ["nvme:nvme0/Composite", "nvme:nvme1/Composite", "acpitz/temp1"]);
         assert_eq!(temps[0].crit, Some(84.85));
         assert_eq!(temps[2].crit, None, "256 °C trip is garbage");
         assert_eq!(temps[2].celsius, 27.8);

@@ -82,10 +82,7 @@ impl CheckKind {
 pub async fn run(kind: &CheckKind, timeout: Duration, ctx: &Context) -> Outcome {
     match tokio::time::timeout(timeout, probe(kind, timeout, ctx)).await {
         Ok(o) => o,
-        Err(_) => Outcome::fail(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        )),
+        Err(_) => Outcome::fail(format!("no answer within {}", humantime::format_duration(timeout))),
     }
 }
 
@@ -110,20 +107,11 @@ async fn probe(kind: &CheckKind, timeout: Duration, ctx: &Context) -> Outcome {
             warn_days,
             critical_days,
         } => tls_expiry(address, *warn_days, *critical_days).await,
-        CheckKind::Disk {
-            path,
-            min_free_ratio,
-        } => disk(path, *min_free_ratio),
+        CheckKind::Disk { path, min_free_ratio } => disk(path, *min_free_ratio),
     }
 }
 
-async fn http(
-    ctx: &Context,
-    url: &str,
-    status: u16,
-    body: Option<&str>,
-    timeout: Duration,
-) -> Outcome {
+async fn http(ctx: &Context, url: &str, status: u16, body: Option<&str>, timeout: Duration) -> Outcome {
     let res = match ctx.http.get(url).timeout(timeout).send().await {
         Ok(r) => r,
         Err(e) => return Outcome::fail(format!("GET {url}: {}", error_chain(&e))),
@@ -157,13 +145,7 @@ async fn redis_ping(address: &str) -> Outcome {
 }
 
 async fn bbb(ctx: &Context, b: &BbbTarget, timeout: Duration) -> Outcome {
-    let url = appliance_bbb::signed_url(
-        &b.url,
-        "getMeetings",
-        &[],
-        &b.secret,
-        appliance_bbb::Algorithm::Sha256,
-    );
+    let url = appliance_bbb::signed_url(&b.url, "getMeetings", &[], &b.secret, appliance_bbb::Algorithm::Sha256);
     let res = match ctx.http.get(&url).timeout(timeout).send().await {
         Ok(r) => r,
         Err(e) => return Outcome::fail(format!("getMeetings: {}", error_chain(&e))),
@@ -218,22 +200,20 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 
 async fn tls_expiry(address: &str, warn_days: u32, critical_days: u32) -> Outcome {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = match rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-            .with_no_client_auth(),
-        Err(e) => return Outcome::fail(e.to_string()),
-    };
+    let config =
+        match rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
+            Ok(b) => b
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth(),
+            Err(e) => return Outcome::fail(e.to_string()),
+        };
     let host = address
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
         .unwrap_or("localhost");
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
-        rustls::pki_types::ServerName::try_from("localhost").expect("static name")
-    });
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("localhost").expect("static name"));
     let tcp = match TcpStream::connect(address).await {
         Ok(s) => s,
         Err(e) => {
@@ -255,12 +235,7 @@ async fn tls_expiry(address: &str, warn_days: u32, critical_days: u32) -> Outcom
             };
         }
     };
-    let Some(cert) = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first().cloned())
-    else {
+    let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()) else {
         return Outcome {
             severity: Severity::Warning,
             detail: format!("{address} sent no certificate"),
@@ -279,26 +254,13 @@ async fn tls_expiry(address: &str, warn_days: u32, critical_days: u32) -> Outcom
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    expiry_outcome(
-        address,
-        (not_after - now) as f64 / 86400.0,
-        warn_days,
-        critical_days,
-    )
+    expiry_outcome(address, (not_after - now) as f64 / 86400.0, warn_days, critical_days)
 }
 
 /// How worrying a certificate's remaining days are.
-pub fn expiry_outcome(
-    address: &str,
-    days_left: f64,
-    warn_days: u32,
-    critical_days: u32,
-) -> Outcome {
+pub fn expiry_outcome(address: &str, days_left: f64, warn_days: u32, critical_days: u32) -> Outcome {
     let detail = if days_left < 0.0 {
-        format!(
-            "certificate at {address} expired {:.0} days ago",
-            -days_left
-        )
+        format!("certificate at {address} expired {:.0} days ago", -days_left)
     } else {
         format!("certificate at {address} expires in {days_left:.0} days")
     };
@@ -368,11 +330,7 @@ mod tests {
             (-2.0, Severity::Critical),
         ];
         for (days, want) in cases {
-            assert_eq!(
-                expiry_outcome("x:443", days, 14, 3).severity,
-                want,
-                "{days}"
-            );
+            assert_eq!(expiry_outcome("x:443", days, 14, 3).severity, want, "{days}");
         }
         assert_eq!(
             expiry_outcome("x:443", -2.0, 14, 3).detail,
@@ -405,19 +363,13 @@ mod tests {
         let ctx = Context::new(None);
         let ok = fake_redis(b"+PONG\r\n").await;
         assert!(
-            run(
-                &CheckKind::Redis { address: ok },
-                Duration::from_secs(2),
-                &ctx
-            )
-            .await
-            .is_ok()
+            run(&CheckKind::Redis { address: ok }, Duration::from_secs(2), &ctx)
+                .await
+                .is_ok()
         );
         let auth = fake_redis(b"-NOAUTH Authentication required.\r\n").await;
         let o = run(
-            &CheckKind::Redis {
-                address: auth.clone(),
-            },
+            &CheckKind::Redis { address: auth.clone() },
             Duration::from_secs(2),
             &ctx,
         )
@@ -432,28 +384,17 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         assert!(
-            !run(
-                &CheckKind::Tcp { address: closed },
-                Duration::from_secs(2),
-                &ctx
-            )
-            .await
-            .is_ok()
+            !run(&CheckKind::Tcp { address: closed }, Duration::from_secs(2), &ctx)
+                .await
+                .is_ok()
         );
         // A listener that never answers: the timeout ends the probe.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = silent.local_addr().unwrap().to_string();
-        let o = run(
-            &CheckKind::Redis { address: addr },
-            Duration::from_millis(300),
-            &ctx,
-        )
-        .await;
+        let o = run(&CheckKind::Redis { address: addr }, Duration::from_millis(300), &ctx).await;
         assert_eq!(o.detail, "no answer within 300ms");
         assert_eq!(
-            run(&CheckKind::Bbb, Duration::from_secs(1), &ctx)
-                .await
-                .detail,
+            run(&CheckKind::Bbb, Duration::from_secs(1), &ctx).await.detail,
             "no [bbb] url and secret in the config"
         );
     }

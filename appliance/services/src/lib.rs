@@ -15,14 +15,7 @@ pub use recipe::{CheckKind, CheckSpec, PolicyConfig, Recipe, ServiceSpec};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {}{what}", path.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
-    Recipe {
-        path: PathBuf,
-        key: String,
-        what: String,
-    },
+    Recipe { path: PathBuf, key: String, what: String },
 }

@@ -90,19 +90,11 @@ pub enum Decision {
 /// The wait after `n` restarts in the window.
 pub fn backoff(cfg: &PolicyConfig, n: usize) -> Duration {
     let factor = 2u32.saturating_pow(n.min(31) as u32);
-    cfg.backoff_initial
-        .saturating_mul(factor)
-        .min(cfg.backoff_max)
+    cfg.backoff_initial.saturating_mul(factor).min(cfg.backoff_max)
 }
 
 /// Decides what to do about one service. `core` marks a core BBB service.
-pub fn decide(
-    cfg: &PolicyConfig,
-    core: bool,
-    h: &History,
-    obs: &Observation,
-    now: f64,
-) -> Decision {
+pub fn decide(cfg: &PolicyConfig, core: bool, h: &History, obs: &Observation, now: f64) -> Decision {
     if let Some(r) = &h.gave_up {
         return Decision::GivenUp { reason: r.clone() };
     }
@@ -119,21 +111,14 @@ pub fn decide(
         (UnitActivity::Active, Some(check)) => {
             if core && cfg.protect_meetings && obs.meetings_running {
                 return Decision::Defer {
-                    reason: format!(
-                        "health check failed ({check}); restart deferred while meetings are running"
-                    ),
+                    reason: format!("health check failed ({check}); restart deferred while meetings are running"),
                 };
             }
             format!("health check failed ({check})")
         }
     };
     let window = cfg.crash_loop_window.as_secs_f64();
-    let recent: Vec<f64> = h
-        .recent_restarts
-        .iter()
-        .copied()
-        .filter(|t| now - t < window)
-        .collect();
+    let recent: Vec<f64> = h.recent_restarts.iter().copied().filter(|t| now - t < window).collect();
     if recent.len() as u32 >= cfg.crash_loop_restarts {
         return Decision::GiveUp {
             reason: format!(
@@ -223,14 +208,7 @@ mod tests {
         // (name, core, history, observation, now, expected)
         type Case<'a> = (&'a str, bool, History, Observation, f64, &'a str);
         let cases: Vec<Case> = vec![
-            (
-                "healthy",
-                false,
-                fresh.clone(),
-                obs(Active, None, false),
-                0.0,
-                "leave",
-            ),
+            ("healthy", false, fresh.clone(), obs(Active, None, false), 0.0, "leave"),
             (
                 "starting",
                 false,
@@ -385,13 +363,7 @@ mod tests {
             protect_meetings: false,
             ..cfg()
         };
-        let d = decide(
-            &c,
-            true,
-            &History::default(),
-            &obs(Active, Some("http"), true),
-            0.0,
-        );
+        let d = decide(&c, true, &History::default(), &obs(Active, Some("http"), true), 0.0);
         assert_eq!(kind(&d), "restart");
     }
 
@@ -410,10 +382,7 @@ mod tests {
                 }
                 Decision::Wait { until, .. } => now = until,
                 Decision::GiveUp { reason } => {
-                    assert!(
-                        reason.contains("gave up after 3 restarts within 10m"),
-                        "{reason}"
-                    );
+                    assert!(reason.contains("gave up after 3 restarts within 10m"), "{reason}");
                     h.gave_up = Some(reason);
                     break;
                 }
@@ -423,20 +392,11 @@ mod tests {
         assert_eq!(restarts, 3);
         assert_eq!(now, 30.0, "restarts at 0, 10, 30");
         assert_eq!(
-            kind(&decide(
-                &c,
-                false,
-                &h,
-                &obs(Failed, None, false),
-                now + 1000.0
-            )),
+            kind(&decide(&c, false, &h, &obs(Failed, None, false), now + 1000.0)),
             "given-up"
         );
         reset(&mut h);
-        assert_eq!(
-            kind(&decide(&c, false, &h, &obs(Failed, None, false), now)),
-            "restart"
-        );
+        assert_eq!(kind(&decide(&c, false, &h, &obs(Failed, None, false), now)), "restart");
         assert_eq!(h.restarts_total, 3);
     }
 }

@@ -99,19 +99,17 @@ impl<'de> Deserialize<'de> for CheckSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let mut table = toml::Table::deserialize(d)?;
-        let duration =
-            |t: &mut toml::Table, key: &str, default: Duration| -> Result<Duration, D::Error> {
-                match t.remove(key) {
-                    None => Ok(default),
-                    Some(toml::Value::String(s)) => humantime::parse_duration(&s).map_err(|e| {
-                        D::Error::custom(format!("{key}: invalid duration {s:?} ({e})"))
-                    }),
-                    Some(v) => Err(D::Error::custom(format!(
-                        "{key}: expected a duration like \"5s\", found {}",
-                        v.type_str()
-                    ))),
-                }
-            };
+        let duration = |t: &mut toml::Table, key: &str, default: Duration| -> Result<Duration, D::Error> {
+            match t.remove(key) {
+                None => Ok(default),
+                Some(toml::Value::String(s)) => humantime::parse_duration(&s)
+                    .map_err(|e| D::Error::custom(format!("{key}: invalid duration {s:?} ({e})"))),
+                Some(v) => Err(D::Error::custom(format!(
+                    "{key}: expected a duration like \"5s\", found {}",
+                    v.type_str()
+                ))),
+            }
+        };
         let interval = duration(&mut table, "interval", Duration::from_secs(10))?;
         let timeout = duration(&mut table, "timeout", Duration::from_secs(3))?;
         let failures = match table.remove("failures") {
@@ -123,8 +121,7 @@ impl<'de> Deserialize<'de> for CheckSpec {
                 )));
             }
         };
-        let kind = CheckKind::deserialize(toml::Value::Table(table))
-            .map_err(|e| D::Error::custom(e.message()))?;
+        let kind = CheckKind::deserialize(toml::Value::Table(table)).map_err(|e| D::Error::custom(e.message()))?;
         Ok(CheckSpec {
             kind,
             interval,
@@ -202,8 +199,7 @@ impl Recipe {
 
     /// Parses and validates; errors are (key, what).
     pub fn parse(text: &str) -> Result<Recipe, (String, String)> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| (String::new(), e.message().to_string()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| (String::new(), e.message().to_string()))?;
         let r: Recipe = serde_path_to_error::deserialize(de)
             .map_err(|e| (e.path().to_string(), e.inner().message().to_string()))?;
         r.validate()?;
@@ -215,16 +211,8 @@ impl Recipe {
         let mut units = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let key = |k: &str| format!("service[{i}].{k}");
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-            {
-                return Err((
-                    key("name"),
-                    format!("{:?} must be letters, digits, - _ . @", s.name),
-                ));
+            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+                return Err((key("name"), format!("{:?} must be letters, digits, - _ . @", s.name)));
             }
             if !names.insert(s.name.as_str()) {
                 return Err((key("name"), format!("{:?} appears twice", s.name)));
@@ -260,15 +248,11 @@ impl Recipe {
             ));
         }
         for (j, c) in self.checks.iter().enumerate() {
-            c.validate()
-                .map_err(|(k, w)| (format!("check[{j}].{k}"), w))?;
+            c.validate().map_err(|(k, w)| (format!("check[{j}].{k}"), w))?;
         }
         let p = &self.policy;
         if p.crash_loop_restarts == 0 {
-            return Err((
-                "policy.crash_loop_restarts".into(),
-                "must be at least 1".into(),
-            ));
+            return Err(("policy.crash_loop_restarts".into(), "must be at least 1".into()));
         }
         if p.backoff_initial > p.backoff_max {
             return Err((
@@ -380,17 +364,10 @@ impl CheckSpec {
             return Err(("failures".into(), "must be at least 1".into()));
         }
         match &self.kind {
-            CheckKind::Http { url, .. }
-                if !(url.starts_with("http://") || url.starts_with("https://")) =>
-            {
-                Err((
-                    "url".into(),
-                    format!("{url:?} must start with http:// or https://"),
-                ))
+            CheckKind::Http { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                Err(("url".into(), format!("{url:?} must start with http:// or https://")))
             }
-            CheckKind::Tcp { address }
-            | CheckKind::Redis { address }
-            | CheckKind::Tls { address, .. }
+            CheckKind::Tcp { address } | CheckKind::Redis { address } | CheckKind::Tls { address, .. }
                 if address
                     .rsplit_once(':')
                     .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -402,14 +379,9 @@ impl CheckSpec {
                 warn_days,
                 critical_days,
                 ..
-            } if critical_days > warn_days => {
-                Err(("critical_days".into(), "must not exceed warn_days".into()))
-            }
+            } if critical_days > warn_days => Err(("critical_days".into(), "must not exceed warn_days".into())),
             CheckKind::Disk { min_free_ratio, .. } if !(0.0..1.0).contains(min_free_ratio) => {
-                Err((
-                    "min_free_ratio".into(),
-                    "must be a ratio between 0 and 1".into(),
-                ))
+                Err(("min_free_ratio".into(), "must be a ratio between 0 and 1".into()))
             }
             _ => Ok(()),
         }
@@ -523,10 +495,7 @@ address = "127.0.0.1:6379"
         ];
         for (body, key, what) in cases {
             let (k, w) = Recipe::parse(&format!("{base}{body}")).unwrap_err();
-            assert!(
-                k.starts_with(key),
-                "{body}: key {k:?} should start with {key:?} ({w})"
-            );
+            assert!(k.starts_with(key), "{body}: key {k:?} should start with {key:?} ({w})");
             assert!(w.contains(what), "{body}: {w:?} should contain {what:?}");
         }
     }

@@ -159,11 +159,7 @@ impl<M: ServiceManager> Runtime<M> {
                 ..Svc::default()
             })
             .collect();
-        let node_checks = recipe
-            .checks
-            .iter()
-            .map(|_| CheckState::default())
-            .collect();
+        let node_checks = recipe.checks.iter().map(|_| CheckState::default()).collect();
         Runtime {
             recipe: Arc::new(recipe),
             mgr: Arc::new(mgr),
@@ -194,12 +190,7 @@ impl<M: ServiceManager> Runtime<M> {
     ) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let (unit_tx, mut unit_rx) = mpsc::unbounded_channel::<String>();
-        let units: Vec<String> = self
-            .recipe
-            .services
-            .iter()
-            .map(|s| s.unit.clone())
-            .collect();
+        let units: Vec<String> = self.recipe.services.iter().map(|s| s.unit.clone()).collect();
         if let Err(e) = self.mgr.watch(&units, unit_tx).await {
             self.set_error(Some(format!("cannot follow unit changes: {e}")));
         }
@@ -330,15 +321,12 @@ impl<M: ServiceManager> Runtime<M> {
     /// The first restart-worthy check over its threshold.
     fn failed_check(&self, i: usize) -> Option<String> {
         let spec = &self.recipe.services[i];
-        spec.checks
-            .iter()
-            .zip(&self.svcs[i].checks)
-            .find_map(|(c, st)| {
-                (c.kind.restarts() && st.consecutive >= c.failures).then(|| {
-                    let detail = st.last.as_ref().map(|o| o.detail.as_str()).unwrap_or("");
-                    format!("{}: {detail}", c.kind.describe())
-                })
+        spec.checks.iter().zip(&self.svcs[i].checks).find_map(|(c, st)| {
+            (c.kind.restarts() && st.consecutive >= c.failures).then(|| {
+                let detail = st.last.as_ref().map(|o| o.detail.as_str()).unwrap_or("");
+                format!("{}: {detail}", c.kind.describe())
             })
+        })
     }
 
     async fn evaluate(&mut self, meetings_running: bool, tx: &mpsc::UnboundedSender<Event>) {
@@ -357,12 +345,7 @@ impl<M: ServiceManager> Runtime<M> {
             if active && !inv.is_empty() && inv != self.svcs[i].known_invocation {
                 let had = !self.svcs[i].known_invocation.is_empty();
                 self.svcs[i].known_invocation = inv;
-                let dependents: Vec<String> = self
-                    .recipe
-                    .restart_order(&spec.name)
-                    .into_iter()
-                    .skip(1)
-                    .collect();
+                let dependents: Vec<String> = self.recipe.restart_order(&spec.name).into_iter().skip(1).collect();
                 if had && !dependents.is_empty() {
                     log::warn!(
                         "{} was restarted outside the supervisor; restarting what depends on it: {}",
@@ -382,22 +365,11 @@ impl<M: ServiceManager> Runtime<M> {
                 failed_check: self.failed_check(i),
                 meetings_running,
             };
-            let d = policy::decide(
-                &self.recipe.policy,
-                spec.core,
-                &self.svcs[i].history,
-                &obs,
-                now,
-            );
+            let d = policy::decide(&self.recipe.policy, spec.core, &self.svcs[i].history, &obs, now);
             match &d {
                 Decision::Restart { reason } => {
                     log::warn!("restarting {} ({}): {reason}", spec.name, spec.unit);
-                    policy::record_restart(
-                        &self.recipe.policy,
-                        &mut self.svcs[i].history,
-                        reason,
-                        now,
-                    );
+                    policy::record_restart(&self.recipe.policy, &mut self.svcs[i].history, reason, now);
                     let order = self.recipe.restart_order(&spec.name);
                     self.start_plan(order, true, tx);
                 }
@@ -406,9 +378,7 @@ impl<M: ServiceManager> Runtime<M> {
                     self.svcs[i].history.gave_up = Some(reason.clone());
                     self.svcs[i].history.last_failure = Some((now, reason.clone()));
                 }
-                Decision::Defer { reason }
-                    if !matches!(self.svcs[i].decision, Some(Decision::Defer { .. })) =>
-                {
+                Decision::Defer { reason } if !matches!(self.svcs[i].decision, Some(Decision::Defer { .. })) => {
                     log::warn!("{}: {reason}", spec.name);
                 }
                 _ => {}
@@ -421,12 +391,7 @@ impl<M: ServiceManager> Runtime<M> {
     /// active again, in a task of its own.
     /// `first_counted`: the first service's restart was already counted
     /// when it was decided.
-    fn start_plan(
-        &mut self,
-        names: Vec<String>,
-        first_counted: bool,
-        tx: &mpsc::UnboundedSender<Event>,
-    ) {
+    fn start_plan(&mut self, names: Vec<String>, first_counted: bool, tx: &mpsc::UnboundedSender<Event>) {
         for n in &names {
             if let Some(i) = self.recipe.services.iter().position(|s| &s.name == n) {
                 self.svcs[i].busy = true;
@@ -445,12 +410,7 @@ impl<M: ServiceManager> Runtime<M> {
         });
     }
 
-    async fn plan_done(
-        &mut self,
-        names: Vec<String>,
-        first_counted: bool,
-        result: Result<(), String>,
-    ) {
+    async fn plan_done(&mut self, names: Vec<String>, first_counted: bool, result: Result<(), String>) {
         let now = self.now();
         if let Err(e) = &result {
             log::error!("restart of {} did not complete: {e}", names.join(", "));
@@ -493,10 +453,7 @@ impl<M: ServiceManager> Runtime<M> {
         match c {
             Command::Restart { name, reply } => {
                 let Some(i) = self.recipe.services.iter().position(|s| s.name == name) else {
-                    let _ = reply.send(Err(format!(
-                        "no service named {name:?}; the recipe has: {}",
-                        known()
-                    )));
+                    let _ = reply.send(Err(format!("no service named {name:?}; the recipe has: {}", known())));
                     return;
                 };
                 if self.svcs[i].busy {
@@ -512,10 +469,7 @@ impl<M: ServiceManager> Runtime<M> {
             }
             Command::Reset { name, reply } => {
                 let Some(i) = self.recipe.services.iter().position(|s| s.name == name) else {
-                    let _ = reply.send(Err(format!(
-                        "no service named {name:?}; the recipe has: {}",
-                        known()
-                    )));
+                    let _ = reply.send(Err(format!("no service named {name:?}; the recipe has: {}", known())));
                     return;
                 };
                 log::info!("operator reset of {name}");
@@ -530,9 +484,7 @@ impl<M: ServiceManager> Runtime<M> {
                     Ok(()) => Ok(format!(
                         "{name} reset: the supervisor will restart it again when needed"
                     )),
-                    Err(e) => Err(format!(
-                        "{name} reset, but clearing systemd's failed state failed: {e}"
-                    )),
+                    Err(e) => Err(format!("{name} reset, but clearing systemd's failed state failed: {e}")),
                 });
             }
         }
@@ -553,10 +505,9 @@ impl<M: ServiceManager> Runtime<M> {
                     Some(Decision::GivenUp { reason } | Decision::GiveUp { reason }) => {
                         ("failed", Some(reason.clone()))
                     }
-                    Some(Decision::Wait { reason, .. }) => (
-                        "waiting",
-                        Some(format!("{reason}; next restart after backoff")),
-                    ),
+                    Some(Decision::Wait { reason, .. }) => {
+                        ("waiting", Some(format!("{reason}; next restart after backoff")))
+                    }
                     Some(Decision::Defer { reason }) => ("deferred", Some(reason.clone())),
                     Some(Decision::Restart { reason }) => ("restarting", Some(reason.clone())),
                     _ if s.history.stopped_by_operator => ("stopped", None),
@@ -570,11 +521,7 @@ impl<M: ServiceManager> Runtime<M> {
                 "failed" => alerts.push((
                     format!("service:{}", spec.name),
                     Severity::Critical,
-                    format!(
-                        "service {} failed: {}",
-                        spec.name,
-                        detail.clone().unwrap_or_default()
-                    ),
+                    format!("service {} failed: {}", spec.name, detail.clone().unwrap_or_default()),
                 )),
                 "waiting" | "deferred" | "restarting" => alerts.push((
                     format!("service:{}", spec.name),
@@ -594,11 +541,7 @@ impl<M: ServiceManager> Runtime<M> {
                 .map(|(c, st)| {
                     if !c.kind.restarts() {
                         if let Some(o) = st.last.as_ref().filter(|o| !o.is_ok()) {
-                            alerts.push((
-                                format!("check:{}", c.kind.describe()),
-                                o.severity,
-                                o.detail.clone(),
-                            ));
+                            alerts.push((format!("check:{}", c.kind.describe()), o.severity, o.detail.clone()));
                         }
                     }
                     check_view(c, st)
@@ -629,16 +572,8 @@ impl<M: ServiceManager> Runtime<M> {
             .iter()
             .zip(&self.node_checks)
             .map(|(c, st)| {
-                if let Some(o) = st
-                    .last
-                    .as_ref()
-                    .filter(|o| !o.is_ok() && st.consecutive >= c.failures)
-                {
-                    alerts.push((
-                        format!("check:{}", c.kind.describe()),
-                        o.severity,
-                        o.detail.clone(),
-                    ));
+                if let Some(o) = st.last.as_ref().filter(|o| !o.is_ok() && st.consecutive >= c.failures) {
+                    alerts.push((format!("check:{}", c.kind.describe()), o.severity, o.detail.clone()));
                 }
                 check_view(c, st)
             })
@@ -651,8 +586,7 @@ impl<M: ServiceManager> Runtime<M> {
             ));
         }
         let now = unix_now();
-        self.alert_since
-            .retain(|id, _| alerts.iter().any(|(a, _, _)| a == id));
+        self.alert_since.retain(|id, _| alerts.iter().any(|(a, _, _)| a == id));
         let alerts = alerts
             .into_iter()
             .map(|(id, severity, reason)| {
@@ -682,34 +616,21 @@ fn check_view(c: &CheckSpec, st: &CheckState) -> CheckView {
     CheckView {
         check: c.kind.describe(),
         ok: st.last.as_ref().map(Outcome::is_ok),
-        detail: st
-            .last
-            .as_ref()
-            .map(|o| o.detail.clone())
-            .unwrap_or_default(),
+        detail: st.last.as_ref().map(|o| o.detail.clone()).unwrap_or_default(),
         consecutive_failures: st.consecutive,
         threshold: c.failures,
     }
 }
 
 /// Restarts each service in order; each must be active before the next.
-async fn run_plan<M: ServiceManager>(
-    mgr: &M,
-    recipe: &Recipe,
-    names: &[String],
-) -> Result<(), String> {
+async fn run_plan<M: ServiceManager>(mgr: &M, recipe: &Recipe, names: &[String]) -> Result<(), String> {
     let timeout = recipe.policy.start_timeout;
     for n in names {
-        let unit = &recipe
-            .service(n)
-            .ok_or_else(|| format!("unknown service {n}"))?
-            .unit;
+        let unit = &recipe.service(n).ok_or_else(|| format!("unknown service {n}"))?.unit;
         // A failed unit must have its failed state cleared, or systemd may
         // refuse to start it again (start rate limit).
         let _ = mgr.reset_failed(unit).await;
-        mgr.restart(unit)
-            .await
-            .map_err(|e| format!("restart {unit}: {e}"))?;
+        mgr.restart(unit).await.map_err(|e| format!("restart {unit}: {e}"))?;
         let deadline = Instant::now() + timeout;
         loop {
             let st = mgr.status(unit).await.map_err(|e| e.to_string())?;
@@ -770,8 +691,7 @@ unit = "crashy.service"
 
     fn start() -> Harness {
         let recipe = Recipe::parse(RECIPE).unwrap();
-        let fake =
-            FakeManager::with_units(&["freeswitch.service", "fsesl.service", "crashy.service"]);
+        let fake = FakeManager::with_units(&["freeswitch.service", "fsesl.service", "crashy.service"]);
         let rt = Runtime::new(recipe, fake.clone(), Context::new(None));
         let (cmd, cmd_rx) = mpsc::channel(4);
         let (m_tx, m_rx) = watch::channel(false);
@@ -787,11 +707,7 @@ unit = "crashy.service"
         }
     }
 
-    async fn wait_until(
-        h: &mut Harness,
-        what: &str,
-        f: impl Fn(&ServicesStatus) -> bool,
-    ) -> ServicesStatus {
+    async fn wait_until(h: &mut Harness, what: &str, f: impl Fn(&ServicesStatus) -> bool) -> ServicesStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             {
@@ -825,14 +741,8 @@ unit = "crashy.service"
         .await;
         assert_eq!(svc(&s, "freeswitch").restarts, 1);
         let log = h.fake.log();
-        let fs = log
-            .iter()
-            .position(|l| l == "restart freeswitch.service")
-            .unwrap();
-        let esl = log
-            .iter()
-            .position(|l| l == "restart fsesl.service")
-            .unwrap();
+        let fs = log.iter().position(|l| l == "restart freeswitch.service").unwrap();
+        let esl = log.iter().position(|l| l == "restart fsesl.service").unwrap();
         assert!(fs < esl, "freeswitch first: {log:?}");
         assert_eq!(
             svc(&s, "fsesl").last_failure.as_ref().unwrap().reason,
@@ -853,17 +763,8 @@ unit = "crashy.service"
         assert_eq!(svc(&s, "crashy").restarts, 3);
         let a = s.alerts.iter().find(|a| a.id == "service:crashy").unwrap();
         assert_eq!(a.severity, Severity::Critical);
-        assert!(
-            a.reason.contains("gave up after 3 restarts within 1m"),
-            "{}",
-            a.reason
-        );
-        let restarts = h
-            .fake
-            .log()
-            .iter()
-            .filter(|l| *l == "restart crashy.service")
-            .count();
+        assert!(a.reason.contains("gave up after 3 restarts within 1m"), "{}", a.reason);
+        let restarts = h.fake.log().iter().filter(|l| *l == "restart crashy.service").count();
         assert_eq!(restarts, 3);
 
         let (tx, rx) = oneshot::channel();
@@ -900,16 +801,11 @@ unit = "crashy.service"
         })
         .await;
         // systemd restarted freeswitch on its own: a new invocation.
-        h.fake
-            .set("freeswitch.service", "activating", "auto-restart");
+        h.fake.set("freeswitch.service", "activating", "auto-restart");
         h.fake.set("freeswitch.service", "active", "running");
         let s = wait_until(&mut h, "fsesl restarted", |s| svc(s, "fsesl").restarts == 1).await;
         assert_eq!(svc(&s, "freeswitch").restarts, 0, "not restarted by us");
-        assert!(
-            !h.fake
-                .log()
-                .contains(&"restart freeswitch.service".to_string())
-        );
+        assert!(!h.fake.log().contains(&"restart freeswitch.service".to_string()));
     }
 
     #[tokio::test]
@@ -927,10 +823,7 @@ unit = "crashy.service"
             })
             .await
             .unwrap();
-        assert_eq!(
-            rx.await.unwrap().unwrap(),
-            "restarting freeswitch, then fsesl"
-        );
+        assert_eq!(rx.await.unwrap().unwrap(), "restarting freeswitch, then fsesl");
         wait_until(&mut h, "chain done", |s| {
             svc(s, "fsesl").restarts == 1 && svc(s, "freeswitch").state == "ok"
         })

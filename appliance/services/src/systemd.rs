@@ -80,24 +80,13 @@ impl Systemd {
         })
     }
 
-    async fn proxies(
-        &self,
-        unit: &str,
-    ) -> Result<(UnitProxy<'static>, ServiceProxy<'static>), ManagerError> {
-        if let Some(p) = self
-            .units
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(unit)
-        {
+    async fn proxies(&self, unit: &str) -> Result<(UnitProxy<'static>, ServiceProxy<'static>), ManagerError> {
+        if let Some(p) = self.units.lock().unwrap_or_else(|e| e.into_inner()).get(unit) {
             return Ok(p.clone());
         }
         // LoadUnit, unlike GetUnit, also works for units not loaded yet.
         let path = self.manager.load_unit(unit.to_string()).await?;
-        let u = UnitProxy::builder(&self.conn)
-            .path(path.clone())
-            .build()
-            .await?;
+        let u = UnitProxy::builder(&self.conn).path(path.clone()).build().await?;
         let s = ServiceProxy::builder(&self.conn).path(path).build().await?;
         self.units
             .lock()
@@ -125,23 +114,17 @@ impl ServiceManager for Systemd {
     }
 
     async fn restart(&self, unit: &str) -> Result<(), ManagerError> {
-        self.manager
-            .restart_unit(unit.to_string(), "replace".into())
-            .await?;
+        self.manager.restart_unit(unit.to_string(), "replace".into()).await?;
         Ok(())
     }
 
     async fn start(&self, unit: &str) -> Result<(), ManagerError> {
-        self.manager
-            .start_unit(unit.to_string(), "replace".into())
-            .await?;
+        self.manager.start_unit(unit.to_string(), "replace".into()).await?;
         Ok(())
     }
 
     async fn stop(&self, unit: &str) -> Result<(), ManagerError> {
-        self.manager
-            .stop_unit(unit.to_string(), "replace".into())
-            .await?;
+        self.manager.stop_unit(unit.to_string(), "replace".into()).await?;
         Ok(())
     }
 
@@ -150,11 +133,7 @@ impl ServiceManager for Systemd {
         Ok(())
     }
 
-    async fn watch(
-        &self,
-        units: &[String],
-        tx: mpsc::UnboundedSender<String>,
-    ) -> Result<(), ManagerError> {
+    async fn watch(&self, units: &[String], tx: mpsc::UnboundedSender<String>) -> Result<(), ManagerError> {
         for unit in units {
             let (u, _) = self.proxies(unit).await?;
             let mut changes = u.receive_active_state_changed().await;
@@ -219,13 +198,10 @@ impl FakeManager {
         let mut g = self.lock();
         g.invocations += 1;
         let inv = g.invocations;
-        let st = g
-            .units
-            .entry(unit.to_string())
-            .or_insert_with(|| UnitStatus {
-                load_state: "loaded".into(),
-                ..Default::default()
-            });
+        let st = g.units.entry(unit.to_string()).or_insert_with(|| UnitStatus {
+            load_state: "loaded".into(),
+            ..Default::default()
+        });
         if active == "active" && st.active_state != "active" {
             st.invocation_id = format!("{inv:032x}");
         }
@@ -259,17 +235,12 @@ impl FakeManager {
 
 impl ServiceManager for FakeManager {
     async fn status(&self, unit: &str) -> Result<UnitStatus, ManagerError> {
-        Ok(self
-            .lock()
-            .units
-            .get(unit)
-            .cloned()
-            .unwrap_or_else(|| UnitStatus {
-                load_state: "not-found".into(),
-                active_state: "inactive".into(),
-                sub_state: "dead".into(),
-                ..Default::default()
-            }))
+        Ok(self.lock().units.get(unit).cloned().unwrap_or_else(|| UnitStatus {
+            load_state: "not-found".into(),
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            ..Default::default()
+        }))
     }
     async fn restart(&self, unit: &str) -> Result<(), ManagerError> {
         self.op("restart", unit);
@@ -292,11 +263,7 @@ impl ServiceManager for FakeManager {
         self.op("reset-failed", unit);
         Ok(())
     }
-    async fn watch(
-        &self,
-        _units: &[String],
-        tx: mpsc::UnboundedSender<String>,
-    ) -> Result<(), ManagerError> {
+    async fn watch(&self, _units: &[String], tx: mpsc::UnboundedSender<String>) -> Result<(), ManagerError> {
         self.lock().watchers.push(tx);
         Ok(())
     }

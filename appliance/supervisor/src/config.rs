@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use appliance_monitor::{AlertConfig, HwProfile, profile};
+use appliance_services::{CheckKind, Recipe};
 use serde::Deserialize;
 
 /// Where `appliance` looks for its config when not told otherwise.
@@ -30,6 +31,8 @@ pub struct Config {
     pub control: ControlConfig,
     pub bbb: Option<BbbConfig>,
     #[serde(default)]
+    pub services: ServicesConfig,
+    #[serde(default)]
     pub hardware: HardwareConfig,
     #[serde(default)]
     pub alerts: AlertConfig,
@@ -41,6 +44,17 @@ pub struct Config {
     /// The hardware profiles found in `hardware.profiles_dir` (not a key).
     #[serde(skip)]
     pub profiles: Vec<HwProfile>,
+    /// The recipe named by `services.recipe`, loaded and checked (not a key).
+    #[serde(skip)]
+    pub recipe: Option<Recipe>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// The recipe whose services the supervisor keeps healthy through
+    /// systemd. Without one, no service is managed.
+    pub recipe: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,7 +133,40 @@ pub struct ControlConfig {
 pub struct BbbConfig {
     /// BBB's API base, ending in `/bigbluebutton/api`.
     pub url: String,
-    pub secret: String,
+    /// The shared secret, or `secret_file` naming a file that holds it
+    /// (what `appliance firstboot` writes); exactly one of the two.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// How often meetings are counted with getMeetings.
+    #[serde(default = "default_poll", with = "appliance_monitor::serde_duration")]
+    pub poll_interval: Duration,
+    /// bbb-web's properties file, where `appliance firstboot` replaces a
+    /// default secret.
+    #[serde(default = "default_properties")]
+    pub properties: PathBuf,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_properties() -> PathBuf {
+    "/etc/bigbluebutton/bbb-web.properties".into()
+}
+
+impl BbbConfig {
+    /// The secret, read from `secret_file` when that is how it is given.
+    pub fn secret(&self) -> Result<String, String> {
+        match (&self.secret, &self.secret_file) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(f)) => fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                .map(|t| t.lines().next().unwrap_or_default().trim().to_string()),
+            (None, None) => Err("neither secret nor secret_file is set".into()),
+        }
+    }
 }
 
 // The secret must never reach a log line, even through `{:?}`.
@@ -158,9 +205,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-        }
+        LogConfig { level: "info".into() }
     }
 }
 
@@ -206,8 +251,7 @@ impl Config {
 
     /// Parses TOML text; errors are (key, what).
     pub fn parse(text: &str) -> Result<Config, (String, String)> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| (location(text, e.span()), e.message().to_string()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| (location(text, e.span()), e.message().to_string()))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -240,6 +284,15 @@ impl Config {
         if let Some(p) = &mut self.control.socket {
             abs(p);
         }
+        if let Some(p) = &mut self.services.recipe {
+            abs(p);
+        }
+        if let Some(b) = &mut self.bbb {
+            if let Some(p) = &mut b.secret_file {
+                abs(p);
+            }
+            abs(&mut b.properties);
+        }
     }
 
     fn validate(&mut self) -> Result<(), (String, String)> {
@@ -257,56 +310,49 @@ impl Config {
             );
         }
         if self.monitor.history_save_interval < Duration::from_secs(1) {
-            return e(
-                "monitor.history_save_interval",
-                "must be at least 1s".into(),
-            );
+            return e("monitor.history_save_interval", "must be at least 1s".into());
         }
-        readable_dir(&self.monitor.sysfs_root)
-            .map_err(|w| ("monitor.sysfs_root".to_string(), w))?;
-        readable_dir(&self.monitor.procfs_root)
-            .map_err(|w| ("monitor.procfs_root".to_string(), w))?;
+        readable_dir(&self.monitor.sysfs_root).map_err(|w| ("monitor.sysfs_root".to_string(), w))?;
+        readable_dir(&self.monitor.procfs_root).map_err(|w| ("monitor.procfs_root".to_string(), w))?;
         let stat = self.monitor.procfs_root.join("stat");
         if let Err(err) = fs::read_to_string(&stat) {
             return e(
                 "monitor.procfs_root",
-                format!(
-                    "{} is not readable ({err}): not a procfs tree?",
-                    stat.display()
-                ),
+                format!("{} is not readable ({err}): not a procfs tree?", stat.display()),
             );
         }
         match (&self.admin.tls_cert, &self.admin.tls_key) {
             (Some(_), None) => {
-                return e(
-                    "admin.tls_key",
-                    "must be set together with admin.tls_cert".into(),
-                );
+                return e("admin.tls_key", "must be set together with admin.tls_cert".into());
             }
             (None, Some(_)) => {
-                return e(
-                    "admin.tls_cert",
-                    "must be set together with admin.tls_key".into(),
-                );
+                return e("admin.tls_cert", "must be set together with admin.tls_key".into());
             }
             _ => {}
         }
         if let Some(b) = &self.bbb {
             let u = b.url.trim_end_matches('/');
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return e(
-                    "bbb.url",
-                    format!("{:?} must start with http:// or https://", b.url),
-                );
+                return e("bbb.url", format!("{:?} must start with http:// or https://", b.url));
             }
             if !u.ends_with("/bigbluebutton/api") {
-                return e(
-                    "bbb.url",
-                    format!("{:?} must end with /bigbluebutton/api", b.url),
-                );
+                return e("bbb.url", format!("{:?} must end with /bigbluebutton/api", b.url));
             }
-            if b.secret.trim().len() < 8 {
-                return e("bbb.secret", "must be at least 8 characters".into());
+            match (&b.secret, &b.secret_file) {
+                (Some(_), Some(_)) => {
+                    return e(
+                        "bbb.secret_file",
+                        "set either bbb.secret or bbb.secret_file, not both".into(),
+                    );
+                }
+                (None, None) => return e("bbb.secret", "set bbb.secret or bbb.secret_file".into()),
+                (Some(s), None) if s.trim().len() < 8 => {
+                    return e("bbb.secret", "must be at least 8 characters".into());
+                }
+                _ => {}
+            }
+            if b.poll_interval < Duration::from_secs(1) {
+                return e("bbb.poll_interval", "must be at least 1s".into());
             }
         }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
@@ -319,22 +365,28 @@ impl Config {
             );
         }
         self.alerts.validate()?;
+        if let Some(r) = &self.services.recipe {
+            let recipe = Recipe::load(r).map_err(|err| ("services.recipe".to_string(), err.to_string()))?;
+            if recipe
+                .services
+                .iter()
+                .any(|s| s.checks.iter().any(|c| c.kind == CheckKind::Bbb))
+                && self.bbb.is_none()
+            {
+                return e(
+                    "services.recipe",
+                    format!("{} has bbb checks but the config has no [bbb] section", r.display()),
+                );
+            }
+            self.recipe = Some(recipe);
+        }
         self.profiles = profile::load_dir(&self.hardware.profiles_dir)
             .map_err(|err| ("hardware.profiles_dir".to_string(), err.to_string()))?;
-        if self.hardware.profile != "auto"
-            && !self
-                .profiles
-                .iter()
-                .any(|p| p.name == self.hardware.profile)
-        {
+        if self.hardware.profile != "auto" && !self.profiles.iter().any(|p| p.name == self.hardware.profile) {
             let names: Vec<&str> = self.profiles.iter().map(|p| p.name.as_str()).collect();
             return e(
                 "hardware.profile",
-                format!(
-                    "{:?} is not one of auto, {}",
-                    self.hardware.profile,
-                    names.join(", ")
-                ),
+                format!("{:?} is not one of auto, {}", self.hardware.profile, names.join(", ")),
             );
         }
         Ok(())
@@ -405,11 +457,7 @@ mod tests {
                 "monitor.intervall",
                 "unknown field `intervall`",
             ),
-            (
-                "[monitor]\ninterval = 5\n",
-                "monitor.interval",
-                "invalid type",
-            ),
+            ("[monitor]\ninterval = 5\n", "monitor.interval", "invalid type"),
             (
                 "[monitor]\ninterval = \"fast\"\n",
                 "monitor.interval",
@@ -437,10 +485,7 @@ mod tests {
 
     #[test]
     fn bbb_secret_is_not_in_debug_output() {
-        let c = Config::parse(
-            "[bbb]\nurl = \"http://x/bigbluebutton/api\"\nsecret = \"s3cr3t-value\"\n",
-        )
-        .unwrap();
+        let c = Config::parse("[bbb]\nurl = \"http://x/bigbluebutton/api\"\nsecret = \"s3cr3t-value\"\n").unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
     }
 }

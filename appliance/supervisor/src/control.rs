@@ -5,28 +5,70 @@
 //! 0660 inside a 0750 state dir, so only root and the service's user and
 //! group can connect. Endpoints:
 //! - `GET /v1/status`: the status document as JSON.
+//! - `GET /v1/services`: the recipe's services as JSON.
+//! - `POST /v1/services/{name}/restart`, `POST /v1/services/{name}/reset`:
+//!   operator commands; the answer is a sentence.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use appliance_services::runtime::Command;
 use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 
 use crate::state::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{name}/{action}", post(service_command))
         .with_state(shared)
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> axum::Json<appliance_api::Status> {
     axum::Json(s.status())
+}
+
+async fn services(State(s): State<Arc<Shared>>) -> Response {
+    match crate::state::lock(&s.services).clone() {
+        Some(sv) => axum::Json(sv).into_response(),
+        None => (StatusCode::NOT_FOUND, "no recipe is configured ([services] recipe)\n").into_response(),
+    }
+}
+
+async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlPath<(String, String)>) -> Response {
+    let Some(tx) = s.service_commands.clone() else {
+        return (StatusCode::NOT_FOUND, "no recipe is configured ([services] recipe)\n").into_response();
+    };
+    let (reply, rx) = oneshot::channel();
+    let cmd = match action.as_str() {
+        "restart" => Command::Restart { name, reply },
+        "reset" => Command::Reset { name, reply },
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: restart or reset\n"),
+            )
+                .into_response();
+        }
+    };
+    if tx.send(cmd).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the service runtime is not running\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Ok(Err(msg)) => (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the service runtime stopped\n").into_response(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +79,8 @@ pub enum ControlError {
     Io { path: PathBuf, source: io::Error },
     #[error("cannot reach the supervisor at {} ({source}); is `appliance run` running, and may you read its state dir?", path.display())]
     Connect { path: PathBuf, source: io::Error },
+    #[error("{message}")]
+    Refused { status: u16, message: String },
     #[error("supervisor at {} answered badly: {what}", path.display())]
     Protocol { path: PathBuf, what: String },
 }
@@ -69,6 +113,12 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
 
 /// GETs `uri` from the supervisor behind `socket` and returns the body.
 pub async fn get_body(socket: &Path, uri: &str) -> Result<Vec<u8>, ControlError> {
+    request(socket, "GET", uri).await
+}
+
+/// Sends a request with an empty body and returns the answer's body; a
+/// non-success status is an error carrying the body's sentence.
+pub async fn request(socket: &Path, method: &str, uri: &str) -> Result<Vec<u8>, ControlError> {
     let proto = |what: String| ControlError::Protocol {
         path: socket.to_path_buf(),
         what,
@@ -83,14 +133,13 @@ pub async fn get_body(socket: &Path, uri: &str) -> Result<Vec<u8>, ControlError>
         .await
         .map_err(|e| proto(e.to_string()))?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(uri)
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(hyper::header::HOST, "appliance")
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
         .map_err(|e| proto(e.to_string()))?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| proto(e.to_string()))?;
+    let res = sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
     let status = res.status();
     let body = res
         .into_body()
@@ -99,10 +148,7 @@ pub async fn get_body(socket: &Path, uri: &str) -> Result<Vec<u8>, ControlError>
         .map_err(|e| proto(e.to_string()))?
         .to_bytes();
     if !status.is_success() {
-        return Err(proto(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        )));
+        return Err(proto(format!("{status}: {}", String::from_utf8_lossy(&body).trim())));
     }
     Ok(body.to_vec())
 }

@@ -2,8 +2,10 @@
 //! metrics exposition and the local control socket. The binary in
 //! `main.rs` only parses arguments and maps errors to exit codes.
 
+pub mod bbb;
 pub mod config;
 pub mod control;
+pub mod firstboot;
 pub mod logging;
 pub mod metrics;
 pub mod run;

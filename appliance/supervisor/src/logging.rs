@@ -11,10 +11,7 @@ pub fn init(level: LevelFilter) {
         .unwrap_or(level);
     if systemd_journal_logger::connected_to_journal() {
         if let Ok(j) = systemd_journal_logger::JournalLog::new() {
-            if j.with_syslog_identifier("appliance".into())
-                .install()
-                .is_ok()
-            {
+            if j.with_syslog_identifier("appliance".into()).install().is_ok() {
                 log::set_max_level(level);
                 return;
             }

@@ -40,6 +40,25 @@ enum Command {
         #[command(subcommand)]
         command: HwCommand,
     },
+    /// The recipe's services: list them, or restart or reset one.
+    Services {
+        #[command(subcommand)]
+        command: Option<ServicesCommand>,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// First-boot duties, run as root before BBB starts: replace BBB's
+    /// default shared secret and write it where the supervisor reads it.
+    Firstboot,
+}
+
+#[derive(Subcommand)]
+enum ServicesCommand {
+    /// Restart a service now, then the services that depend on it.
+    Restart { name: String },
+    /// Clear a service's crash-loop state so the supervisor manages it again.
+    Reset { name: String },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +85,8 @@ fn main() -> ExitCode {
         Command::Hw {
             command: HwCommand::Detect,
         } => hw_detect(&cfg),
+        Command::Services { command, json } => services(&cfg.control_socket(), command, json),
+        Command::Firstboot => firstboot(&cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,9 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let body = rt.block_on(control::get_body(socket, "/v1/status"))?;
     if json {
         println!("{}", String::from_utf8_lossy(&body));
@@ -88,6 +107,50 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         let st: appliance_api::Status = serde_json::from_slice(&body)?;
         print!("{}", st.to_text());
     }
+    Ok(())
+}
+
+fn services(socket: &Path, command: Option<ServicesCommand>, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (method, uri) = match &command {
+        None => ("GET", "/v1/services".to_string()),
+        Some(ServicesCommand::Restart { name }) => ("POST", format!("/v1/services/{}/restart", path_segment(name))),
+        Some(ServicesCommand::Reset { name }) => ("POST", format!("/v1/services/{}/reset", path_segment(name))),
+    };
+    let body = rt.block_on(control::request(socket, method, &uri))?;
+    if command.is_some() || json {
+        print!("{}", String::from_utf8_lossy(&body));
+        if json {
+            println!();
+        }
+    } else {
+        let sv: appliance_api::ServicesStatus = serde_json::from_slice(&body)?;
+        print!("{}", appliance_api::services_table(&sv));
+    }
+    Ok(())
+}
+
+/// Service names are letters, digits and `-_.@`; anything else is
+/// percent-encoded so it cannot change the request path.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn firstboot(cfg: &Config) -> anyhow::Result<()> {
+    let Some(b) = &cfg.bbb else {
+        println!("nothing to do: no [bbb] section in {}", cfg.path.display());
+        return Ok(());
+    };
+    let msg = appliance_supervisor::firstboot::run(&b.properties, b.secret_file.as_deref())?;
+    println!("{msg}");
     Ok(())
 }
 
@@ -134,21 +197,11 @@ fn hw_detect(cfg: &Config) -> anyhow::Result<()> {
     }
     for s in sensors {
         let w = s.warn.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
-        let c = s
-            .critical
-            .map(|v| format!("{v}"))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "sensor    {} {:.1} °C (warn {w}, critical {c})",
-            s.sensor, s.celsius
-        );
+        let c = s.critical.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
+        println!("sensor    {} {:.1} °C (warn {w}, critical {c})", s.sensor, s.celsius);
     }
     for r in p.sensors.iter().filter(|r| r.required) {
-        if !snap
-            .temperatures
-            .iter()
-            .any(|t| r.matches(&t.chip, &t.label))
-        {
+        if !snap.temperatures.iter().any(|t| r.matches(&t.chip, &t.label)) {
             println!("missing   {}/{} (required by the profile)", r.chip, r.label);
         }
     }

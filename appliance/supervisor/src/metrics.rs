@@ -72,15 +72,13 @@ impl ProcessStats {
     /// Reads this process's figures from the real /proc (it is about this
     /// process, not the monitored box, so `procfs_root` does not apply).
     pub fn current() -> ProcessStats {
-        let resident_bytes = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|t| {
-                let pages: u64 = t.split_ascii_whitespace().nth(1)?.parse().ok()?;
-                let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-                    .ok()
-                    .flatten()? as u64;
-                Some(pages * page)
-            });
+        let resident_bytes = std::fs::read_to_string("/proc/self/statm").ok().and_then(|t| {
+            let pages: u64 = t.split_ascii_whitespace().nth(1)?.parse().ok()?;
+            let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+                .ok()
+                .flatten()? as u64;
+            Some(pages * page)
+        });
         let cpu_seconds = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
             .ok()
             .map(|u| {
@@ -104,11 +102,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         "gauge",
         "Firmware version of the supervisor; always 1.",
     );
-    e.sample(
-        "appliance_build_info",
-        &[("version", &st.node.version)],
-        1.0,
-    );
+    e.sample("appliance_build_info", &[("version", &st.node.version)], 1.0);
     e.family(
         "appliance_hardware_profile_info",
         "gauge",
@@ -159,11 +153,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
     );
     for c in cpu.map(|c| c.cores.as_slice()).unwrap_or_default() {
         if let Some(u) = c.usage {
-            e.sample(
-                "appliance_cpu_core_usage_ratio",
-                &[("cpu", &c.cpu.to_string())],
-                u,
-            );
+            e.sample("appliance_cpu_core_usage_ratio", &[("cpu", &c.cpu.to_string())], u);
         }
     }
     e.single(
@@ -194,11 +184,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         "Thermal throttling events since boot, by kind (core, package).",
     );
     if let Some(t) = cpu.and_then(|c| c.throttles) {
-        e.sample(
-            "appliance_cpu_throttles_total",
-            &[("kind", "core")],
-            t.core as f64,
-        );
+        e.sample("appliance_cpu_throttles_total", &[("kind", "core")], t.core as f64);
         e.sample(
             "appliance_cpu_throttles_total",
             &[("kind", "package")],
@@ -259,47 +245,29 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         e.family(name, "gauge", help);
         for f in filesystems {
             let mp = f.mountpoint.as_deref().unwrap_or("");
-            e.sample(
-                name,
-                &[("path", &f.path), ("mountpoint", mp)],
-                get(f) as f64,
-            );
+            e.sample(name, &[("path", &f.path), ("mountpoint", mp)], get(f) as f64);
         }
     }
 
     let ifaces = m.map(|m| m.network.as_slice()).unwrap_or_default();
     type Get = fn(&appliance_monitor::collector::Interface) -> u64;
     let counters: [(&str, &str, Get); 8] = [
-        (
-            "appliance_network_receive_bytes_total",
-            "Bytes received.",
-            |i| i.rx_bytes,
-        ),
-        (
-            "appliance_network_transmit_bytes_total",
-            "Bytes sent.",
-            |i| i.tx_bytes,
-        ),
-        (
-            "appliance_network_receive_packets_total",
-            "Packets received.",
-            |i| i.rx_packets,
-        ),
-        (
-            "appliance_network_transmit_packets_total",
-            "Packets sent.",
-            |i| i.tx_packets,
-        ),
-        (
-            "appliance_network_receive_errors_total",
-            "Receive errors.",
-            |i| i.rx_errors,
-        ),
-        (
-            "appliance_network_transmit_errors_total",
-            "Transmit errors.",
-            |i| i.tx_errors,
-        ),
+        ("appliance_network_receive_bytes_total", "Bytes received.", |i| {
+            i.rx_bytes
+        }),
+        ("appliance_network_transmit_bytes_total", "Bytes sent.", |i| i.tx_bytes),
+        ("appliance_network_receive_packets_total", "Packets received.", |i| {
+            i.rx_packets
+        }),
+        ("appliance_network_transmit_packets_total", "Packets sent.", |i| {
+            i.tx_packets
+        }),
+        ("appliance_network_receive_errors_total", "Receive errors.", |i| {
+            i.rx_errors
+        }),
+        ("appliance_network_transmit_errors_total", "Transmit errors.", |i| {
+            i.tx_errors
+        }),
         (
             "appliance_network_receive_drops_total",
             "Received packets dropped.",
@@ -352,11 +320,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         "Temperature of each sensor (hwmon chip/label or thermal zone).",
     );
     for s in &st.sensors {
-        e.sample(
-            "appliance_temperature_celsius",
-            &[("sensor", &s.sensor)],
-            s.celsius,
-        );
+        e.sample("appliance_temperature_celsius", &[("sensor", &s.sensor)], s.celsius);
     }
     e.family(
         "appliance_temperature_warn_celsius",
@@ -365,11 +329,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
     );
     for s in &st.sensors {
         if let Some(w) = s.warn {
-            e.sample(
-                "appliance_temperature_warn_celsius",
-                &[("sensor", &s.sensor)],
-                w,
-            );
+            e.sample("appliance_temperature_warn_celsius", &[("sensor", &s.sensor)], w);
         }
     }
     e.family(
@@ -379,11 +339,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
     );
     for s in &st.sensors {
         if let Some(c) = s.critical {
-            e.sample(
-                "appliance_temperature_critical_celsius",
-                &[("sensor", &s.sensor)],
-                c,
-            );
+            e.sample("appliance_temperature_critical_celsius", &[("sensor", &s.sensor)], c);
         }
     }
     e.single(
@@ -405,11 +361,7 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         "counter",
         "Restarts of each recipe service by the supervisor.",
     );
-    e.family(
-        "appliance_bbb_meetings",
-        "gauge",
-        "Meetings running on BigBlueButton.",
-    );
+    e.family("appliance_bbb_meetings", "gauge", "Meetings running on BigBlueButton.");
     e.family(
         "appliance_bbb_participants",
         "gauge",
@@ -447,9 +399,6 @@ mod tests {
         e.sample("m", &[("sensor", "a\"b\\c\nd"), ("x", "y")], 1.5);
         e.sample("m", &[], f64::NAN);
         e.sample("m", &[], f64::INFINITY);
-        assert_eq!(
-            e.out,
-            "m{sensor=\"a\\\"b\\\\c\\nd\",x=\"y\"} 1.5\nm NaN\nm +Inf\n"
-        );
+        assert_eq!(e.out, "m{sensor=\"a\\\"b\\\\c\\nd\",x=\"y\"} 1.5\nm NaN\nm +Inf\n");
     }
 }

@@ -44,8 +44,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let started = Instant::now();
     let started_unix = unix_now();
     let state_dir = cfg.node.state_dir.clone();
-    fs::create_dir_all(&state_dir)
-        .with_context(|| format!("node.state_dir {}", state_dir.display()))?;
+    fs::create_dir_all(&state_dir).with_context(|| format!("node.state_dir {}", state_dir.display()))?;
     // Only the service's user and group may look inside: the control
     // socket's access control rests on this.
     fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o750))
@@ -65,11 +64,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let history = load_history(&state_dir.join(HISTORY_FILE));
 
     let node = cfg.node_name();
-    let operator_cert = cfg
-        .admin
-        .tls_cert
-        .as_deref()
-        .zip(cfg.admin.tls_key.as_deref());
+    let operator_cert = cfg.admin.tls_cert.as_deref().zip(cfg.admin.tls_key.as_deref());
     let mut names = vec![
         node.clone(),
         "localhost".to_string(),
@@ -77,17 +72,9 @@ pub fn run(cfg: Config) -> Result<()> {
         "::1".to_string(),
     ];
     names.dedup();
-    let cert = appliance_admin::tls::ensure(
-        &state_dir.join("tls"),
-        operator_cert,
-        &names,
-        SystemTime::now(),
-    )
-    .context("admin TLS certificate")?;
-    log::info!(
-        "admin certificate SHA-256 fingerprint {}",
-        cert.fingerprint_sha256
-    );
+    let cert = appliance_admin::tls::ensure(&state_dir.join("tls"), operator_cert, &names, SystemTime::now())
+        .context("admin TLS certificate")?;
+    log::info!("admin certificate SHA-256 fingerprint {}", cert.fingerprint_sha256);
 
     let admin_listener = std::net::TcpListener::bind(cfg.admin.listen)
         .with_context(|| format!("admin.listen {}: cannot listen", cfg.admin.listen))?;
@@ -108,6 +95,7 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.monitor.filesystems.clone(),
         Box::new(StatVfs),
     );
+    let (command_tx, command_rx) = tokio::sync::mpsc::channel(8);
     let shared = Arc::new(Shared {
         id: Identity {
             node,
@@ -121,6 +109,9 @@ pub fn run(cfg: Config) -> Result<()> {
         live: std::sync::Mutex::new(Live::default()),
         history: std::sync::Mutex::new(history),
         stall_after: cfg.monitor.interval * 5 + Duration::from_secs(10),
+        services: std::sync::Mutex::new(None),
+        service_commands: cfg.recipe.is_some().then_some(command_tx),
+        bbb: std::sync::Mutex::new(None),
     });
 
     let mut sampler = Sampler::new(shared.clone(), cfg.clone());
@@ -131,11 +122,16 @@ pub fn run(cfg: Config) -> Result<()> {
         .spawn(move || sampler.run(collector, stop_rx))
         .context("starting the sampler thread")?;
 
+    let background = Background {
+        cfg: cfg.clone(),
+        commands: command_rx,
+    };
     let result = runtime.block_on(serve(
         shared.clone(),
         admin_listener,
         control_listener,
         cert,
+        background,
     ));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(stop_tx);
@@ -146,20 +142,95 @@ pub fn run(cfg: Config) -> Result<()> {
     result
 }
 
+/// What runs beside the servers: the BBB poller and the service runtime.
+struct Background {
+    cfg: Config,
+    commands: tokio::sync::mpsc::Receiver<appliance_services::runtime::Command>,
+}
+
+impl Background {
+    fn spawn(self, shared: Arc<Shared>) {
+        let (meetings_tx, meetings_rx) = tokio::sync::watch::channel(false);
+        if let Some(b) = self.cfg.bbb.clone() {
+            tokio::spawn(crate::bbb::poll(b, shared.clone(), meetings_tx));
+        }
+        if let Some(recipe) = self.cfg.recipe.clone() {
+            let target = self.cfg.bbb.as_ref().and_then(|b| {
+                b.secret().ok().map(|secret| appliance_services::checks::BbbTarget {
+                    url: b.url.clone(),
+                    secret,
+                })
+            });
+            tokio::spawn(run_services(recipe, target, shared, self.commands, meetings_rx));
+        }
+    }
+}
+
+/// Connects to systemd (retrying while D-Bus is not there yet) and runs
+/// the service runtime.
+async fn run_services(
+    recipe: appliance_services::Recipe,
+    bbb: Option<appliance_services::checks::BbbTarget>,
+    shared: Arc<Shared>,
+    commands: tokio::sync::mpsc::Receiver<appliance_services::runtime::Command>,
+    meetings: tokio::sync::watch::Receiver<bool>,
+) {
+    use appliance_services::runtime::{Runtime, ServicesStatus};
+    let mut logged = false;
+    let mgr = loop {
+        match appliance_services::systemd::Systemd::connect().await {
+            Ok(m) => break m,
+            Err(e) => {
+                if !logged {
+                    log::error!("cannot reach systemd over D-Bus ({e}); retrying every 5 s");
+                    logged = true;
+                }
+                let alert = appliance_monitor::Alert {
+                    id: "service-manager".into(),
+                    severity: Severity::Critical,
+                    reason: format!("cannot manage services: {e}"),
+                    since: None,
+                    value: None,
+                    warn: None,
+                    critical: None,
+                };
+                *lock(&shared.services) = Some(ServicesStatus {
+                    recipe: recipe.name.clone(),
+                    error: Some(e.to_string()),
+                    alerts: vec![alert],
+                    ..ServicesStatus::default()
+                });
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    log::info!(
+        "managing the {} services of recipe {} through systemd",
+        recipe.services.len(),
+        recipe.name
+    );
+    let ctx = appliance_services::checks::Context::new(bbb);
+    let publish_to = shared.clone();
+    Runtime::new(recipe, mgr, ctx)
+        .run(commands, meetings, move |st| {
+            *lock(&publish_to.services) = Some(st);
+        })
+        .await;
+}
+
 async fn serve(
     shared: Arc<Shared>,
     admin_listener: std::net::TcpListener,
     control_listener: tokio::net::UnixListener,
     cert: appliance_admin::tls::CertInfo,
+    background: Background,
 ) -> Result<()> {
+    background.spawn(shared.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let addr = admin_listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let admin = appliance_admin::router(Arc::new(Backend(shared.clone())));
     let admin_task = tokio::spawn({
         let rx = shutdown_rx.clone();
@@ -178,10 +249,7 @@ async fn serve(
 
     log::info!("admin page on https://{addr}/ ; control socket ready");
     let summary = lock(&shared.live).health.summary.clone();
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&summary),
-    ]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&summary)]);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut admin_task = admin_task;
@@ -275,8 +343,7 @@ impl Sampler {
         let active = self.alerts.active();
         let health = self.alerts.health();
 
-        let now_alerts: BTreeMap<String, Severity> =
-            active.iter().map(|a| (a.id.clone(), a.severity)).collect();
+        let now_alerts: BTreeMap<String, Severity> = active.iter().map(|a| (a.id.clone(), a.severity)).collect();
         for a in &active {
             if self.last_alerts.get(&a.id) != Some(&a.severity) {
                 match a.severity {
@@ -285,11 +352,7 @@ impl Sampler {
                 }
             }
         }
-        for id in self
-            .last_alerts
-            .keys()
-            .filter(|id| !now_alerts.contains_key(*id))
-        {
+        for id in self.last_alerts.keys().filter(|id| !now_alerts.contains_key(*id)) {
             log::info!("alert {id} cleared");
         }
         self.last_alerts = now_alerts;

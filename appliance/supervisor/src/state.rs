@@ -5,9 +5,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use appliance_api::{Hardware, Node, Sensor, Status};
+use appliance_api::{BbbStatus, Hardware, Node, Sensor, ServicesStatus, Status};
 use appliance_monitor::health::temperature_thresholds;
 use appliance_monitor::{Alert, Detection, Health, History, HwProfile, Severity, Snapshot};
+use appliance_services::runtime::Command;
+use tokio::sync::mpsc;
 
 /// Facts fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -38,6 +40,12 @@ pub struct Shared {
     pub history: Mutex<History>,
     /// How stale the sampler may get before the supervisor counts as stuck.
     pub stall_after: Duration,
+    /// Published by the service runtime; `None` without a recipe.
+    pub services: Mutex<Option<ServicesStatus>>,
+    /// Operator commands to the service runtime.
+    pub service_commands: Option<mpsc::Sender<Command>>,
+    /// Published by the BBB poller; `None` without `[bbb]`.
+    pub bbb: Mutex<Option<BbbStatus>>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data
@@ -58,14 +66,17 @@ impl Shared {
     }
 
     pub fn status(&self) -> Status {
-        let (snapshot, health, alerts) = {
+        let (snapshot, mut alerts) = {
             let live = lock(&self.live);
-            (
-                live.snapshot.clone(),
-                live.health.clone(),
-                live.alerts.clone(),
-            )
+            (live.snapshot.clone(), live.alerts.clone())
         };
+        let services = lock(&self.services).clone();
+        let bbb = lock(&self.bbb).clone();
+        if let Some(sv) = &services {
+            alerts.extend(sv.alerts.iter().cloned());
+        }
+        alerts.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
+        let health = appliance_monitor::health::summarize(&alerts);
         let sensors = snapshot
             .as_deref()
             .map(|s| sensors(&self.id.profile, s, &alerts))
@@ -91,6 +102,8 @@ impl Shared {
             alerts,
             sensors,
             monitor: snapshot.map(|s| (*s).clone()),
+            services,
+            bbb,
         }
     }
 }
@@ -100,8 +113,7 @@ pub fn sensors(profile: &HwProfile, snap: &Snapshot, alerts: &[Alert]) -> Vec<Se
     snap.temperatures
         .iter()
         .map(|t| {
-            let (warn, critical) =
-                temperature_thresholds(profile, &t.chip, &t.label, t.max, t.crit);
+            let (warn, critical) = temperature_thresholds(profile, &t.chip, &t.label, t.max, t.crit);
             let id = format!("temperature:{}", t.sensor);
             let severity = alerts
                 .iter()

@@ -88,9 +88,7 @@ fn xml(body: String) -> Response {
 }
 
 fn params(raw: &str) -> BTreeMap<String, String> {
-    form_urlencoded::parse(raw.as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
 }
 
 fn tag(name: &str, value: impl std::fmt::Display) -> String {
@@ -139,10 +137,7 @@ impl StandIn {
             "isMeetingRunning" => self.is_running(&p),
             "getMeetings" => self.get_meetings(),
             "getMeetingInfo" => self.get_meeting_info(&p),
-            _ => xml(failed(
-                "unsupportedRequest",
-                "This request is not supported.",
-            )),
+            _ => xml(failed("unsupportedRequest", "This request is not supported.")),
         }
     }
 
@@ -173,11 +168,7 @@ impl StandIn {
                     "No parent meeting ID was provided for the breakout room",
                 ));
             };
-            match w
-                .meetings
-                .values()
-                .find(|m| &m.internal_id == pid || &m.id == pid)
-            {
+            match w.meetings.values().find(|m| &m.internal_id == pid || &m.id == pid) {
                 Some(pm) => Some(pm.internal_id.clone()),
                 None => {
                     return xml(failed(
@@ -202,16 +193,10 @@ impl StandIn {
             None => 0,
         };
         // bbb-web: sha1(meetingID) + "-" + createTime.
-        let internal_id = format!(
-            "{}-{create_time}",
-            appliance_bbb::checksum(Algorithm::Sha1, "", id, "")
-        );
+        let internal_id = format!("{}-{create_time}", appliance_bbb::checksum(Algorithm::Sha1, "", id, ""));
         let metadata = p
             .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("meta_")
-                    .map(|m| (m.to_ascii_lowercase(), v.clone()))
-            })
+            .filter_map(|(k, v)| k.strip_prefix("meta_").map(|m| (m.to_ascii_lowercase(), v.clone())))
             .collect();
         let m = Meeting {
             id: id.clone(),
@@ -231,10 +216,7 @@ impl StandIn {
             "<response>\n<returncode>SUCCESS</returncode>\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n<dialNumber>613-555-1234</dialNumber>\n<hasUserJoined>false</hasUserJoined>\n<duration>0</duration>\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n<messageKey></messageKey>\n<message></message>\n</response>",
             tag("meetingID", &m.id),
             tag("internalMeetingID", &m.internal_id),
-            tag(
-                "parentMeetingID",
-                m.parent_internal_id.as_deref().unwrap_or("bbb-none")
-            ),
+            tag("parentMeetingID", m.parent_internal_id.as_deref().unwrap_or("bbb-none")),
             tag("attendeePW", &m.attendee_pw),
             tag("moderatorPW", &m.moderator_pw),
             tag("createTime", m.create_time),
@@ -266,33 +248,22 @@ impl StandIn {
                 "The meeting ID that you supplied did not match any existing meetings",
             ));
         };
-        let moderator = match (
-            p.get("role").map(|r| r.to_ascii_uppercase()),
-            p.get("password"),
-        ) {
+        let moderator = match (p.get("role").map(|r| r.to_ascii_uppercase()), p.get("password")) {
             (Some(r), _) => r == "MODERATOR",
             (None, Some(pw)) if *pw == m.moderator_pw => true,
             (None, Some(pw)) if *pw == m.attendee_pw => false,
             _ => {
-                return xml(failed(
-                    "invalidPassword",
-                    "The password you submitted is not valid.",
-                ));
+                return xml(failed("invalidPassword", "The password you submitted is not valid."));
             }
         };
-        let user_id = p
-            .get("userID")
-            .cloned()
-            .unwrap_or_else(|| format!("w_{n:06}"));
+        let user_id = p.get("userID").cloned().unwrap_or_else(|| format!("w_{n:06}"));
         // Rejoining with the same userID replaces the old session.
         m.users.retain(|u| u.id != user_id);
         m.users.push(User {
             id: user_id.clone(),
             name: full_name.clone(),
             moderator,
-            listen_only: p
-                .get("userdata-standin_listen_only")
-                .is_some_and(|v| v == "true"),
+            listen_only: p.get("userdata-standin_listen_only").is_some_and(|v| v == "true"),
             video: p.get("userdata-standin_video").is_some_and(|v| v == "true"),
         });
         m.has_user_joined = true;
@@ -310,10 +281,7 @@ impl StandIn {
         }
         (
             StatusCode::FOUND,
-            [(
-                header::LOCATION,
-                format!("/html5client/join?sessionToken={session}"),
-            )],
+            [(header::LOCATION, format!("/html5client/join?sessionToken={session}"))],
         )
             .into_response()
     }
@@ -345,11 +313,7 @@ impl StandIn {
                 "You must specify a meeting ID for the meeting.",
             ));
         };
-        let running = self
-            .lock()
-            .meetings
-            .get(id)
-            .is_some_and(|m| !m.users.is_empty());
+        let running = self.lock().meetings.get(id).is_some_and(|m| !m.users.is_empty());
         xml(format!(
             "<response>\n<returncode>SUCCESS</returncode>\n<running>{running}</running>\n</response>"
         ))
@@ -383,10 +347,7 @@ impl StandIn {
                 "<response>\n<returncode>SUCCESS</returncode>\n{}</response>",
                 meeting_xml(m, &w)
             )),
-            None => xml(failed(
-                "notFound",
-                "We could not find a meeting with that meeting ID",
-            )),
+            None => xml(failed("notFound", "We could not find a meeting with that meeting ID")),
         }
     }
 
@@ -450,8 +411,7 @@ impl StandIn {
                 for (k, v) in &e.meta {
                     p.push((format!("meta_{k}"), v.clone()));
                 }
-                let refs: Vec<(&str, &str)> =
-                    p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let refs: Vec<(&str, &str)> = p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 let _ = self.call("create", &self.signed("create", &refs));
             }
             Action::Join => {
@@ -496,11 +456,7 @@ fn meeting_xml(m: &Meeting, w: &World) -> String {
             )
         })
         .collect();
-    let metadata: String = m
-        .metadata
-        .iter()
-        .map(|(k, v)| format!("{}\n", tag(k, v)))
-        .collect();
+    let metadata: String = m.metadata.iter().map(|(k, v)| format!("{}\n", tag(k, v))).collect();
     let breakout = match &m.parent_internal_id {
         Some(p) => format!(
             "{}\n{}\n<freeJoin>false</freeJoin>\n",
@@ -547,11 +503,7 @@ async fn version() -> Response {
     xml("<response>\n<returncode>SUCCESS</returncode>\n<version>2.0</version>\n<apiVersion>2.0</apiVersion>\n<bbbVersion>3.0 stand-in</bbbVersion>\n</response>".to_string())
 }
 
-async fn api(
-    State(s): State<StandIn>,
-    Path(call): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
+async fn api(State(s): State<StandIn>, Path(call): Path<String>, RawQuery(q): RawQuery) -> Response {
     s.call(&call, q.as_deref().unwrap_or(""))
 }
 
@@ -632,8 +584,7 @@ mod tests {
         let q = "name=Test+Meeting&meetingID=abc123&attendeePW=111222&moderatorPW=333444&checksum=1fcbb0c4fc1f039f73aa6d697d2db9ba7f803f17";
         let (_, b) = body(s.call("create", q)).await;
         assert!(
-            b.contains("<returncode>SUCCESS</returncode>")
-                && b.contains("<meetingID>abc123</meetingID>"),
+            b.contains("<returncode>SUCCESS</returncode>") && b.contains("<meetingID>abc123</meetingID>"),
             "{b}"
         );
         let (_, b) = body(s.call("create", &q.replace("abc123", "abc124"))).await;
@@ -702,11 +653,7 @@ user = "bob"
         assert!(b.contains("<breakoutRooms>"), "{b}");
 
         assert!(s.leave("board", "bob"));
-        let (_, b) = body(s.call(
-            "getMeetingInfo",
-            &s.signed("getMeetingInfo", &[("meetingID", "board")]),
-        ))
-        .await;
+        let (_, b) = body(s.call("getMeetingInfo", &s.signed("getMeetingInfo", &[("meetingID", "board")]))).await;
         assert!(b.contains("<participantCount>1</participantCount>"), "{b}");
         let (_, b) = body(s.call("end", &s.signed("end", &[("meetingID", "board")]))).await;
         assert!(b.contains("sentEndMeetingRequest"));
@@ -715,19 +662,11 @@ user = "bob"
             b.contains("<messageKey>noMeetings</messageKey>"),
             "breakouts end with their parent: {b}"
         );
-        let (_, b) = body(s.call(
-            "getMeetingInfo",
-            &s.signed("getMeetingInfo", &[("meetingID", "board")]),
-        ))
-        .await;
+        let (_, b) = body(s.call("getMeetingInfo", &s.signed("getMeetingInfo", &[("meetingID", "board")]))).await;
         assert!(b.contains("<messageKey>notFound</messageKey>"));
         let (_, b) = body(s.call("isMeetingRunning", &s.signed("isMeetingRunning", &[]))).await;
         assert!(b.contains("missingParamMeetingID"));
-        let (status, _) = body(s.call(
-            "join",
-            &s.signed("join", &[("meetingID", "x"), ("fullName", "a")]),
-        ))
-        .await;
+        let (status, _) = body(s.call("join", &s.signed("join", &[("meetingID", "x"), ("fullName", "a")]))).await;
         assert_eq!(
             status,
             StatusCode::OK,

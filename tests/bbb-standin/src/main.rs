@@ -48,10 +48,8 @@ async fn main() -> Result<()> {
     }
     let s = StandIn::new(secret);
     if let Some(path) = cli.script {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let script: Script =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let script: Script = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let player = s.clone();
         tokio::spawn(async move { player.play(script, cli.speed).await });
     }

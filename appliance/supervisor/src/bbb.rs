@@ -1,0 +1,83 @@
+//! Counts BBB's meetings: a signed getMeetings every `[bbb] poll_interval`.
+//! The counts feed `/metrics` and the rule that keeps core services from
+//! being restarted for a failing health check while meetings run.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use appliance_api::BbbStatus;
+use tokio::sync::watch;
+
+use crate::config::BbbConfig;
+use crate::state::{Shared, lock};
+
+/// How long a "meetings are running" answer is trusted when BBB stops
+/// answering: a dead API does not mean the meetings ended.
+const TRUST_LAST_ANSWER: Duration = Duration::from_secs(300);
+
+pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::Sender<bool>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("building an HTTP client with static settings");
+    let mut tick = tokio::time::interval(cfg.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_running: Option<(tokio::time::Instant, bool)> = None;
+    let mut status = BbbStatus::default();
+    loop {
+        tick.tick().await;
+        match once(&client, &cfg).await {
+            Ok((meetings, participants)) => {
+                if !status.up && status.error.is_some() {
+                    log::info!("BBB answers again at {}", cfg.url);
+                }
+                status = BbbStatus {
+                    up: true,
+                    meetings,
+                    participants,
+                    last_ok: Some(unix_now()),
+                    error: None,
+                };
+                last_running = Some((tokio::time::Instant::now(), meetings > 0));
+            }
+            Err(e) => {
+                if status.error.as_deref() != Some(e.as_str()) {
+                    log::warn!("counting BBB meetings at {}: {e}", cfg.url);
+                }
+                status = BbbStatus {
+                    up: false,
+                    error: Some(e),
+                    ..status
+                };
+            }
+        }
+        let running = last_running.is_some_and(|(t, r)| r && t.elapsed() < TRUST_LAST_ANSWER);
+        meetings_running.send_replace(running);
+        *lock(&shared.bbb) = Some(status.clone());
+    }
+}
+
+async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(u32, u32), String> {
+    let secret = cfg.secret()?;
+    let url = appliance_bbb::signed_url(&cfg.url, "getMeetings", &[], &secret, appliance_bbb::Algorithm::Sha256);
+    let res = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    if !res.status().is_success() {
+        return Err(format!("HTTP {}", res.status()));
+    }
+    let body = res.text().await.map_err(|e| e.to_string())?;
+    let meetings = appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| e.to_string())?;
+    let running: Vec<_> = meetings.iter().filter(|m| m.running).collect();
+    let participants = running.iter().map(|m| m.participant_count).sum();
+    Ok((running.len() as u32, participants))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
