@@ -22,7 +22,7 @@ from pathlib import Path
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 # systemd.unit(5) names, restricted to the unit types a recipe can manage.
 UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|path|mount)$")
-RECIPE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+RECIPE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 IMAGE_KEYS = {"packages", "overlay", "test_ssh"}
 
 # What the supervisor may ask systemd to do with a recipe unit. systemd
@@ -45,7 +45,7 @@ def load(path):
 
     name = recipe.get("name")
     if not isinstance(name, str) or not RECIPE_NAME_RE.match(name):
-        fail(path, "name", "must be a lowercase name like \"lab\"")
+        fail(path, "name", "must be a lowercase name like \"lab\" or \"bbb-3.0\"")
 
     image = recipe.get("image", {})
     if not isinstance(image, dict):

@@ -55,8 +55,7 @@ mmdebstrap \
     --aptopt='APT::Install-Recommends "false"' \
     "${dpkg_opts[@]}" \
     --include="$(IFS=,; echo "${packages[*]}")" \
-    --customize-hook='test -e "$1/boot/vmlinuz" -o -n "$(ls "$1"/boot/vmlinuz-* 2>/dev/null)"' \
-    --customize-hook='ls "$1"/boot/initrd.img-* >/dev/null' \
+    --customize-hook='ls "$1"/boot/vmlinuz-* "$1"/boot/initrd.img-* >/dev/null' \
     bookworm "$out" \
     "deb $mirror bookworm main" \
     "deb $mirror bookworm-updates main" \

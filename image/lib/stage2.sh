@@ -5,7 +5,8 @@
 #
 # Inputs (set by image/build): ROOT (the unpacked tree), REPO_ROOT,
 # RECIPE_FILE, RECIPE_NAME, RECIPE_OVERLAY, RECIPE_TEST_SSH, RECIPE_UNITS,
-# BIN_DIR, SSH_PUBKEY, ROOT_PARTUUID, ESP_PARTUUID, NODE_NAME.
+# BIN_DIR, SSH_PUBKEY, ROOT_PARTUUID, ESP_PARTUUID, NODE_NAME, STAGE1_KEY,
+# PYTHON.
 
 # in_root CMD...: run a tool of the image inside the tree, offline.
 in_root() { chroot "$ROOT" "$@"; }
@@ -104,7 +105,7 @@ CONF
     # Polkit: the supervisor may start/stop/restart/reset-failed the recipe's
     # units and nothing else (the rule's own comments say more).
     install -d -m 0755 "$ROOT/etc/polkit-1/rules.d"
-    python3 "$REPO_ROOT/image/lib/recipe.py" polkit "$RECIPE_FILE" >"$ROOT/etc/polkit-1/rules.d/50-appliance.rules"
+    "$PYTHON" "$REPO_ROOT/image/lib/recipe.py" polkit "$RECIPE_FILE" >"$ROOT/etc/polkit-1/rules.d/50-appliance.rules"
     chmod 0644 "$ROOT/etc/polkit-1/rules.d/50-appliance.rules"
 }
 
