@@ -349,23 +349,75 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         m.map(|m| m.problems.len() as f64),
     );
 
-    // Filled in by the service manager and the BBB poller; declared now so
-    // dashboards and alert rules can be written against stable names.
+    // Declared even without a recipe or [bbb], so dashboards and alert
+    // rules can be written against stable names.
+    let services = st.services.as_ref().map(|s| s.services.as_slice()).unwrap_or_default();
     e.family(
         "appliance_service_up",
         "gauge",
         "Whether each recipe service is active and healthy (1) or not (0).",
     );
+    for s in services {
+        e.sample(
+            "appliance_service_up",
+            &[("service", &s.name)],
+            if s.up { 1.0 } else { 0.0 },
+        );
+    }
     e.family(
         "appliance_service_restarts_total",
         "counter",
         "Restarts of each recipe service by the supervisor.",
     );
-    e.family("appliance_bbb_meetings", "gauge", "Meetings running on BigBlueButton.");
+    for s in services {
+        e.sample(
+            "appliance_service_restarts_total",
+            &[("service", &s.name)],
+            s.restarts as f64,
+        );
+    }
     e.family(
+        "appliance_service_systemd_restarts",
+        "gauge",
+        "Restarts systemd itself made of each unit (NRestarts).",
+    );
+    for s in services {
+        e.sample(
+            "appliance_service_systemd_restarts",
+            &[("service", &s.name)],
+            s.systemd_restarts as f64,
+        );
+    }
+    e.family(
+        "appliance_service_failed",
+        "gauge",
+        "1 when the supervisor gave up on a service and waits for an operator reset.",
+    );
+    for s in services {
+        e.sample(
+            "appliance_service_failed",
+            &[("service", &s.name)],
+            if s.state == "failed" { 1.0 } else { 0.0 },
+        );
+    }
+    let bbb = st.bbb.as_ref();
+    e.single(
+        "appliance_bbb_up",
+        "gauge",
+        "Whether BBB's API answered the last getMeetings (1) or not (0).",
+        bbb.map(|b| if b.up { 1.0 } else { 0.0 }),
+    );
+    e.single(
+        "appliance_bbb_meetings",
+        "gauge",
+        "Meetings running on BigBlueButton.",
+        bbb.filter(|b| b.up).map(|b| b.meetings as f64),
+    );
+    e.single(
         "appliance_bbb_participants",
         "gauge",
         "Participants in all running meetings.",
+        bbb.filter(|b| b.up).map(|b| b.participants as f64),
     );
 
     e.single(

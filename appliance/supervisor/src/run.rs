@@ -176,6 +176,7 @@ async fn run_services(
     meetings: tokio::sync::watch::Receiver<bool>,
 ) {
     use appliance_services::runtime::{Runtime, ServicesStatus};
+    let mut commands = commands;
     let mut logged = false;
     let mgr = loop {
         match appliance_services::systemd::Systemd::connect().await {
@@ -200,7 +201,23 @@ async fn run_services(
                     alerts: vec![alert],
                     ..ServicesStatus::default()
                 });
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // Operators get an answer while we wait, not a hang.
+                let retry = tokio::time::sleep(Duration::from_secs(5));
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = &mut retry => break,
+                        cmd = commands.recv() => match cmd {
+                            Some(
+                                appliance_services::runtime::Command::Restart { reply, .. }
+                                | appliance_services::runtime::Command::Reset { reply, .. },
+                            ) => {
+                                let _ = reply.send(Err(format!("the service runtime is not running: {e}")));
+                            }
+                            None => return,
+                        },
+                    }
+                }
             }
         }
     };
