@@ -110,16 +110,16 @@ CONF
 }
 
 stage2_config() {
-    # The BBB shared secret: new for every image, the same in the supervisor's
-    # config and in the file the lab's bbb-standin reads. On a real node it
-    # is BBB's own, from /etc/bigbluebutton/bbb-web.properties.
-    local secret
-    secret="$(head -c 32 /dev/urandom | sha256sum | cut -c1-40)"
+    # No BBB secret is baked into the image: every box makes its own at first
+    # boot (appliance-firstboot.service runs `appliance firstboot`, which
+    # writes /etc/appliance/bbb-secret and, on a BBB node, replaces the
+    # default secret in bbb-web.properties).
     install -d -m 0755 "$ROOT/etc/appliance"
-    (umask 077 && printf '%s\n' "$secret" >"$ROOT/etc/appliance/bbb-secret")
+    install -m 0644 "$REPO_ROOT/image/units/appliance-firstboot.service" "$ROOT/lib/systemd/system/appliance-firstboot.service"
+    enable_units appliance-firstboot.service
 
-    # Only keys that examples/dev.toml has: the supervisor rejects unknown
-    # keys (exit 2), and a supervisor that exits 2 is not restarted.
+    # The supervisor rejects unknown keys (exit 2), and a supervisor that
+    # exits 2 is not restarted: keep this in step with its config.
     cat >"$ROOT/etc/appliance/appliance.toml" <<CONF
 # The supervisor's config, written by image/build for recipes/$RECIPE_NAME.toml.
 # Every path is a path in the image.
@@ -140,7 +140,8 @@ listen = "0.0.0.0:8443"
 
 [bbb]
 url = "http://127.0.0.1:8090/bigbluebutton/api"
-secret = "$secret"
+secret_file = "/etc/appliance/bbb-secret"
+properties = "/etc/bigbluebutton/bbb-web.properties"
 
 [hardware]
 profile = "auto"
@@ -157,18 +158,14 @@ temperature = { for = "60s", hysteresis = 5.0 }
 level = "info"
 $(services_section)
 CONF
-    # Readable by the supervisor's group only: it holds the BBB secret.
+    # Readable by the supervisor's group only.
     in_root chown root:appliance /etc/appliance/appliance.toml
     chmod 0640 "$ROOT/etc/appliance/appliance.toml"
 }
 
-# >>> SERVICES SECTION: the place for the recipe in the supervisor's config.
-# The supervisor does not accept [services] yet (unknown keys exit 2). When
-# it does, make this function print:
-#     [services]
-#     recipe = "/usr/share/appliance/recipes/$RECIPE_NAME.toml"
+# >>> SERVICES SECTION: the recipe in the supervisor's config.
 services_section() {
-    printf '\n# [services] recipe = "/usr/share/appliance/recipes/%s.toml" (not yet read by the supervisor)\n' "$RECIPE_NAME"
+    printf '\n[services]\nrecipe = "/usr/share/appliance/recipes/%s.toml"\n' "$RECIPE_NAME"
 }
 # <<< SERVICES SECTION
 

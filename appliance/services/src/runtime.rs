@@ -630,15 +630,18 @@ async fn run_plan<M: ServiceManager>(mgr: &M, recipe: &Recipe, names: &[String])
         // A failed unit must have its failed state cleared, or systemd may
         // refuse to start it again (start rate limit).
         let _ = mgr.reset_failed(unit).await;
+        // Every start gets a new invocation ID; waiting for one tells this
+        // restart's outcome apart from the state it replaces (the property
+        // cache may still show the old one for a moment).
+        let before = mgr.status(unit).await.map(|s| s.invocation_id).unwrap_or_default();
         mgr.restart(unit).await.map_err(|e| format!("restart {unit}: {e}"))?;
         let deadline = Instant::now() + timeout;
         loop {
             let st = mgr.status(unit).await.map_err(|e| e.to_string())?;
+            let new = !st.invocation_id.is_empty() && st.invocation_id != before;
             match st.active_state.as_str() {
-                "active" => break,
-                "failed" | "inactive" => {
-                    return Err(format!("{unit} is {} after restart", st.active_state));
-                }
+                "active" if new => break,
+                "failed" | "inactive" if new => return Err(format!("{unit} is {} after restart", st.active_state)),
                 _ => {}
             }
             if Instant::now() > deadline {
@@ -647,7 +650,7 @@ async fn run_plan<M: ServiceManager>(mgr: &M, recipe: &Recipe, names: &[String])
                     humantime::format_duration(timeout)
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         log::info!("{n} ({unit}) restarted and active");
     }
@@ -801,6 +804,7 @@ unit = "crashy.service"
         })
         .await;
         // systemd restarted freeswitch on its own: a new invocation.
+        h.fake.set("freeswitch.service", "failed", "failed");
         h.fake.set("freeswitch.service", "activating", "auto-restart");
         h.fake.set("freeswitch.service", "active", "running");
         let s = wait_until(&mut h, "fsesl restarted", |s| svc(s, "fsesl").restarts == 1).await;

@@ -195,6 +195,21 @@ impl FakeManager {
 
     /// Sets a unit's state, as if systemd reported a change.
     pub fn set(&self, unit: &str, active: &str, sub: &str) {
+        let starting = {
+            let g = self.lock();
+            g.units
+                .get(unit)
+                .is_none_or(|st| st.active_state != "active" && st.active_state != "activating")
+        };
+        self.set_state(
+            unit,
+            active,
+            sub,
+            starting && (active == "active" || active == "activating"),
+        );
+    }
+
+    fn set_state(&self, unit: &str, active: &str, sub: &str, new_invocation: bool) {
         let mut g = self.lock();
         g.invocations += 1;
         let inv = g.invocations;
@@ -202,7 +217,7 @@ impl FakeManager {
             load_state: "loaded".into(),
             ..Default::default()
         });
-        if active == "active" && st.active_state != "active" {
+        if new_invocation {
             st.invocation_id = format!("{inv:032x}");
         }
         st.active_state = active.into();
@@ -223,12 +238,14 @@ impl FakeManager {
         self.lock().log.push(format!("{what} {unit}"));
     }
 
+    /// A (re)start: a new invocation that is active, or fails at once for
+    /// units told to crash.
     fn started(&self, unit: &str) {
         let crashing = self.lock().crashing.iter().any(|u| u == unit);
         if crashing {
-            self.set(unit, "failed", "failed");
+            self.set_state(unit, "failed", "failed", true);
         } else {
-            self.set(unit, "active", "running");
+            self.set_state(unit, "active", "running", true);
         }
     }
 }
@@ -244,8 +261,6 @@ impl ServiceManager for FakeManager {
     }
     async fn restart(&self, unit: &str) -> Result<(), ManagerError> {
         self.op("restart", unit);
-        // A new invocation, even if it was active before.
-        self.set(unit, "activating", "start");
         self.started(unit);
         Ok(())
     }

@@ -46,6 +46,18 @@ pub fn with_secret(properties: &str, secret: &str) -> String {
     out.join("\n") + "\n"
 }
 
+/// The supervisor's group (image/units/appliance.service).
+pub const SERVICE_GROUP: &str = "appliance";
+
+/// Makes `path` group-owned by `group` when that group exists (on a
+/// developer's machine it may not, and then nothing changes).
+fn give_to_group(path: &Path, group: &str) -> Result<()> {
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+        nix::unistd::chown(path, None, Some(g.gid)).with_context(|| format!("chown {}:{group}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// 48 hex characters from the kernel's random source.
 pub fn new_secret() -> Result<String> {
     let mut b = [0u8; 24];
@@ -100,6 +112,7 @@ pub fn run(properties: &Path, secret_file: Option<&Path>) -> Result<String> {
             if fs::read_to_string(f).ok().map(|t| t.trim().to_string()) != Some(s.clone()) {
                 // Readable by the supervisor's group, not by others.
                 write_file(f, &format!("{s}\n"), 0o640)?;
+                give_to_group(f, SERVICE_GROUP)?;
                 done.push(format!("wrote the BBB secret to {}", f.display()));
             }
         }

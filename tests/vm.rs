@@ -1,0 +1,419 @@
+//! Service management against real systemd: builds the lab image
+//! (`image/build lab`), boots it in QEMU (`image/boot`), and drives the
+//! supervisor inside it through SSH and the forwarded admin port.
+//!
+//! Needs root, apt and the Debian mirror (image/build installs what it
+//! needs), so it is `#[ignore]`d for a plain `cargo test`; `scripts/test`
+//! (and CI) runs it with `--include-ignored`. One boot serves all the
+//! scenarios, each of which leaves the stack healthy for the next.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance_e2e::{free_port, metric, repo_root, tls, wait_for};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+struct Vm {
+    qemu: Child,
+    ssh_port: u16,
+    admin_port: u16,
+    key: PathBuf,
+    console: PathBuf,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+impl Vm {
+    /// Runs a shell command in the VM as root; returns (exit code, stdout).
+    fn sh(&self, cmd: &str) -> (i32, String) {
+        let out = Command::new("ssh")
+            .args(["-i"])
+            .arg(&self.key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .args(["-o", "ConnectTimeout=5", "-o", "BatchMode=yes", "root@127.0.0.1", cmd])
+            .output()
+            .expect("running ssh");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Like `sh`, but the command must succeed.
+    fn run(&self, cmd: &str) -> String {
+        let (code, out) = self.sh(cmd);
+        assert_eq!(
+            code,
+            0,
+            "in the VM: {cmd}\n{out}\nconsole tail:\n{}",
+            self.console_tail()
+        );
+        out
+    }
+
+    fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// One systemd property of a unit, read from systemd itself.
+    fn prop(&self, unit: &str, p: &str) -> String {
+        self.run(&format!("systemctl show -p {p} --value {unit}"))
+            .trim()
+            .to_string()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.run("appliance status --json")).expect("status JSON")
+    }
+
+    fn services(&self) -> Value {
+        serde_json::from_str(&self.run("appliance services --json")).expect("services JSON")
+    }
+
+    fn metrics(&self) -> String {
+        let r = tls::https_get(
+            format!("127.0.0.1:{}", self.admin_port).parse().unwrap(),
+            "/metrics",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        r.body
+    }
+}
+
+fn service<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+fn build_image() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "appliance-supervisor",
+            "-p",
+            "appliance-bbb-standin",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(st.success(), "release build failed");
+    let out = Command::new(repo_root().join("image/build"))
+        .arg("lab")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "image/build lab failed");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(stdout.lines().last().expect("image path on the last line").trim())
+}
+
+fn info(image: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(image.with_extension("img.info")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+#[ignore = "builds and boots a VM: needs root and the Debian mirror; run by scripts/test"]
+fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
+    let image = build_image();
+    let key = PathBuf::from(info(&image, "ssh_key"));
+    assert!(key.exists(), "test key {}", key.display());
+    let (ssh_port, admin_port) = (free_port(), free_port());
+    let console = repo_root().join("target/vm-test-console.log");
+    let started = Instant::now();
+    let qemu = Command::new(repo_root().join("image/boot"))
+        .arg(&image)
+        .env("APPLIANCE_SSH_PORT", ssh_port.to_string())
+        .env("APPLIANCE_ADMIN_PORT", admin_port.to_string())
+        .env("APPLIANCE_CONSOLE_LOG", &console)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let vm = Vm {
+        qemu,
+        ssh_port,
+        admin_port,
+        key,
+        console,
+    };
+
+    // --- boot ------------------------------------------------------------
+    let addr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_for(
+        "the supervisor's /healthz in the VM",
+        Duration::from_secs(300),
+        || match tls::https_get(addr, "/healthz", None) {
+            Ok(r) if r.status == 200 && r.body == "ok\n" => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status)),
+            Err(e) => Err(e),
+        },
+    );
+    let boot_to_ready = started.elapsed();
+    eprintln!(
+        "VM: boot to supervisor ready (healthz ok) in {:.1} s",
+        boot_to_ready.as_secs_f64()
+    );
+    wait_for("ssh into the VM", T, || match vm.sh("true") {
+        (0, _) => Ok(()),
+        (c, o) => Err(format!("{c} {o}")),
+    });
+    eprintln!(
+        "VM: systemd-analyze: {}",
+        vm.run("systemd-analyze time | head -n1").trim()
+    );
+    let score = vm.run("systemd-analyze security appliance.service | tail -n1");
+    eprintln!("VM: {}", score.trim());
+    assert!(score.contains("OK") || score.contains("SAFE"), "{score}");
+    assert_eq!(vm.prop("appliance.service", "ActiveState"), "active");
+    assert_eq!(vm.prop("appliance.service", "User"), "appliance");
+
+    // Every lab service comes up healthy, the bbb check included (which
+    // needs the secret appliance-firstboot made for this box).
+    let s = wait_for("all lab services up", Duration::from_secs(120), || {
+        let s = vm.services();
+        let down: Vec<String> = s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["up"] != true || v["state"] != "ok")
+            .map(|v| format!("{}={}/{}", v["name"], v["state"], v["active_state"]))
+            .collect();
+        if down.is_empty() { Ok(s) } else { Err(down.join(" ")) }
+    });
+    assert_eq!(s["services"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        vm.run("stat -c '%a %U:%G' /etc/appliance/bbb-secret").trim(),
+        "640 root:appliance"
+    );
+    let m = vm.metrics();
+    assert_eq!(metric(&m, "appliance_service_up{service=\"redis-server\"}"), Some(1.0));
+    wait_for("BBB stand-in polled", T, || {
+        match metric(&vm.metrics(), "appliance_bbb_up") {
+            Some(1.0) => Ok(()),
+            o => Err(format!("{o:?}")),
+        }
+    });
+
+    // --- redis-server killed with SIGKILL: back within 5 s -------------------
+    // Timed on the VM's own monotonic clock (systemd's timestamps), so the
+    // SSH round trips of this test do not count.
+    let pid = vm.prop("redis-server", "MainPID");
+    let killed_at: f64 = vm
+        .run(&format!("cut -d' ' -f1 /proc/uptime; kill -9 {pid}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let entered = wait_for("redis back", Duration::from_secs(30), || {
+        let (new, state) = (
+            vm.prop("redis-server", "MainPID"),
+            vm.prop("redis-server", "ActiveState"),
+        );
+        if new != pid && new != "0" && state == "active" && vm.run("redis-cli ping").trim() == "PONG" {
+            Ok(vm.prop("redis-server", "ActiveEnterTimestampMonotonic"))
+        } else {
+            Err(format!("pid {new} {state}"))
+        }
+    });
+    let back = entered.parse::<f64>().unwrap() / 1e6 - killed_at;
+    eprintln!(
+        "VM: redis-server active again {back:.2} s after SIGKILL (systemd NRestarts={})",
+        vm.prop("redis-server", "NRestarts")
+    );
+    assert!(back <= 5.0, "redis took {back:.2} s");
+    wait_for("supervisor sees redis up", T, || {
+        if service(&vm.services(), "redis-server")["up"] == true {
+            Ok(())
+        } else {
+            Err("down".into())
+        }
+    });
+
+    // --- nginx health check fails (500): restart after the threshold -------
+    let inv = vm.prop("nginx", "InvocationID");
+    vm.run("printf 'return 500 \"broken\\\\n\";\\n' > /etc/nginx/lab-health.conf && systemctl reload nginx");
+    let t0 = Instant::now();
+    assert_eq!(
+        vm.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/health"),
+        "500"
+    );
+    let s = wait_for("nginx restarted by the supervisor", T, || {
+        let s = vm.services();
+        if service(&s, "nginx")["restarts"].as_u64().unwrap_or(0) >= 1 {
+            Ok(s)
+        } else {
+            Err(service(&s, "nginx").to_string())
+        }
+    });
+    let after = t0.elapsed();
+    assert_ne!(vm.prop("nginx", "InvocationID"), inv, "systemd started a new nginx");
+    // Three failed checks one second apart come before the restart.
+    assert!(
+        after >= Duration::from_secs(2),
+        "restarted after {after:?}, before 3 failed checks"
+    );
+    let nginx = service(&s, "nginx");
+    assert!(
+        nginx["last_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("status 500, expected 200"),
+        "{nginx}"
+    );
+    vm.run("printf 'return 200 \"ok\\\\n\";\\n' > /etc/nginx/lab-health.conf && systemctl reload nginx");
+    vm.run("appliance services reset nginx");
+    wait_for("nginx healthy again", T, || {
+        let n = service(&vm.services(), "nginx").clone();
+        if n["up"] == true && n["state"] == "ok" {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
+    });
+
+    // --- a crash loop: the supervisor gives up and stops restarting ---------
+    vm.run("mkdir -p /run/lab && touch /run/lab/crash-lab-crashloop && systemctl kill lab-crashloop");
+    let s = wait_for("gave up on lab-crashloop", Duration::from_secs(120), || {
+        let s = vm.services();
+        if service(&s, "lab-crashloop")["state"] == "failed" {
+            Ok(s)
+        } else {
+            Err(service(&s, "lab-crashloop").to_string())
+        }
+    });
+    let gave_up_at = service(&s, "lab-crashloop")["restarts"].as_u64().unwrap();
+    assert_eq!(gave_up_at, 4, "crash_loop_restarts = 4 in recipes/lab.toml");
+    let st = vm.status();
+    assert_eq!(st["health"]["status"], "critical");
+    let alert = st["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "service:lab-crashloop")
+        .unwrap()
+        .clone();
+    assert_eq!(alert["severity"], "critical");
+    assert!(
+        alert["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 4 restarts within 2m"),
+        "{alert}"
+    );
+    assert_eq!(vm.prop("lab-crashloop", "ActiveState"), "failed");
+    // Ten more seconds of supervision: no further restart.
+    let up0 = st["node"]["uptime_seconds"].as_f64().unwrap();
+    wait_for("10 s of supervision", T, || {
+        let up = vm.status()["node"]["uptime_seconds"].as_f64().unwrap();
+        if up > up0 + 10.0 { Ok(()) } else { Err(format!("{up}")) }
+    });
+    assert_eq!(
+        service(&vm.services(), "lab-crashloop")["restarts"].as_u64(),
+        Some(gave_up_at),
+        "no restart after giving up"
+    );
+    assert_eq!(vm.prop("lab-crashloop", "ActiveState"), "failed");
+    let m = vm.metrics();
+    assert_eq!(
+        metric(&m, "appliance_service_failed{service=\"lab-crashloop\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "appliance_health_status"), Some(2.0));
+    // The operator fixes the cause and resets it.
+    vm.run("rm /run/lab/crash-lab-crashloop");
+    assert!(
+        vm.run("appliance services reset lab-crashloop")
+            .starts_with("lab-crashloop reset")
+    );
+    wait_for("lab-crashloop up after reset", T, || {
+        let v = service(&vm.services(), "lab-crashloop").clone();
+        if v["up"] == true && v["state"] == "ok" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+
+    // --- freeswitch dies: it is restarted, then what depends on it ---------
+    let fs0 = vm.prop("lab-freeswitch", "ActiveEnterTimestampMonotonic");
+    let esl0 = vm.prop("lab-fsesl", "ActiveEnterTimestampMonotonic");
+    vm.run("systemctl kill -s KILL lab-freeswitch");
+    let (fs1, esl1) = wait_for("freeswitch and fsesl restarted", T, || {
+        let fs1 = vm.prop("lab-freeswitch", "ActiveEnterTimestampMonotonic");
+        let esl1 = vm.prop("lab-fsesl", "ActiveEnterTimestampMonotonic");
+        let active =
+            vm.prop("lab-fsesl", "ActiveState") == "active" && vm.prop("lab-freeswitch", "ActiveState") == "active";
+        if fs1 != fs0 && esl1 != esl0 && active {
+            Ok((fs1, esl1))
+        } else {
+            Err(format!("{fs1} {esl1}"))
+        }
+    });
+    let (fs1, esl1): (u64, u64) = (fs1.parse().unwrap(), esl1.parse().unwrap());
+    assert!(esl1 > fs1, "fsesl ({esl1}) must start after freeswitch ({fs1})");
+    let s = vm.services();
+    assert_eq!(service(&s, "lab-freeswitch")["restarts"], 1);
+    assert_eq!(service(&s, "lab-fsesl")["restarts"], 1);
+    assert_eq!(
+        service(&s, "lab-fsesl")["last_failure"]["reason"],
+        "restarted after lab-freeswitch"
+    );
+
+    // An operator restart runs the same chain, through the CLI.
+    assert_eq!(
+        vm.run("appliance services restart lab-freeswitch").trim(),
+        "restarting lab-freeswitch, then lab-fsesl"
+    );
+    wait_for("chain restarted by the operator", T, || {
+        let s = vm.services();
+        if service(&s, "lab-fsesl")["restarts"] == 2 && service(&s, "lab-fsesl")["state"] == "ok" {
+            Ok(())
+        } else {
+            Err(service(&s, "lab-fsesl").to_string())
+        }
+    });
+    // Units outside the recipe are refused by polkit.
+    let (code, _) = vm.sh("runuser -u appliance -- systemctl --no-ask-password restart ssh");
+    assert_ne!(
+        code, 0,
+        "the supervisor's user must not manage units outside the recipe"
+    );
+
+    let m = vm.metrics();
+    assert_eq!(
+        metric(&m, "appliance_service_restarts_total{service=\"lab-freeswitch\"}"),
+        Some(2.0)
+    );
+    eprintln!("VM: whole scenario in {:.0} s", started.elapsed().as_secs_f64());
+}
