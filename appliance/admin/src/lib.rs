@@ -1,28 +1,44 @@
-//! The admin HTTPS server.
+//! The admin HTTPS server: the local admin page and its JSON API.
 //!
-//! Endpoints:
-//! - `GET /healthz`: `ok` while the supervisor's main loop is alive; no login.
-//! - `GET /metrics`: Prometheus text format; no login, so a city's own
-//!   Prometheus can scrape it.
-//! - everything else: not found for now; the login-protected pages and
-//!   `/api/v1/` come with the admin page.
+//! Endpoints (all but the first four need a session; changes need the
+//! operator role and a CSRF token):
+//! - `GET /healthz`: `ok` while the supervisor's main loop is alive.
+//! - `GET /metrics`: Prometheus text format, for a city's own Prometheus.
+//! - `GET|POST /login`, `GET|POST /setup` (setup only until it is done).
+//! - `POST /logout`.
+//! - pages: `/` (overview), `/hardware`, `/services`, `/meetings`, `/logs`,
+//!   `/updates`, `/enrollment`, `/audit`, `/settings`.
+//! - operator actions: `POST /services/{name}/restart|reset`,
+//!   `POST /settings/password`, `POST /settings/certificate`,
+//!   `GET /support-bundle`.
+//! - JSON: `/api/v1/...`, documented in docs/api.md.
 //!
 //! The server only turns HTTP into calls on a [`Backend`] and back; it
-//! never reads sensors, systemd or files itself.
+//! never reads sensors, systemd or the supervisor's files itself.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use serde::{Deserialize, Serialize};
 
+pub mod audit;
+pub mod auth;
+pub mod bundle;
+pub mod graph;
 pub mod tls;
+mod views;
+mod web;
+
+pub use web::{COOKIE, ROUTES};
 
 pub use appliance_api::Status;
+pub use appliance_monitor::history::Window;
+
+/// A future a [`Backend`] returns for slow work (systemd, the journal).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the admin server needs from the supervisor.
 pub trait Backend: Send + Sync + 'static {
@@ -31,6 +47,55 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the supervisor's main loop is alive.
     fn alive(&self) -> bool;
     fn status(&self) -> Status;
+    /// Names of the series the graphs can show.
+    fn series(&self) -> Vec<String>;
+    fn history(&self, series: &str, window: Window) -> Vec<(u64, Option<f32>)>;
+    /// Restart or reset a service; the answer is a sentence for people.
+    fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, String>>;
+    /// Log lines of the supervisor or of a recipe unit.
+    fn logs(&self, query: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, String>>;
+    /// Files for the support bundle, already free of secrets.
+    fn support_files(&self) -> Vec<(String, Vec<u8>)>;
+    /// Installs an operator's certificate and key (PEM) for the admin page.
+    fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, String>;
+    /// Fingerprint and expiry of the admin certificate in use.
+    fn certificate(&self) -> tls::CertInfo;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceAction {
+    Restart,
+    Reset,
+}
+
+impl ServiceAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceAction::Restart => "restart",
+            ServiceAction::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// `None` or "appliance" for the supervisor itself, else a unit.
+    pub unit: Option<String>,
+    /// Only lines containing this text (case-insensitive).
+    pub contains: Option<String>,
+    /// At most this many lines, newest last.
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Unix seconds.
+    pub at: f64,
+    pub unit: String,
+    /// syslog priority: 0 emergency ... 7 debug.
+    pub priority: u8,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,77 +110,41 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AdminState {
+    pub backend: Arc<dyn Backend>,
+    pub auth: Arc<Mutex<auth::Auth>>,
+    pub audit: Arc<audit::AuditLog>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminState")
     }
 }
 
 /// The admin router.
-pub fn router(backend: Arc<dyn Backend>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(backend)
-        .layer(axum::middleware::map_response(security_headers))
-}
-
-async fn healthz(State(b): State<Arc<dyn Backend>>) -> Response {
-    if b.alive() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "main loop stalled\n").into_response()
-    }
-}
-
-async fn metrics(State(b): State<Arc<dyn Backend>>) -> Response {
-    let body = b.metrics();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found\n").into_response()
-}
-
-async fn security_headers(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    h.insert(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=31536000"),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+pub fn router(state: AdminState) -> Router {
+    web::router(state)
 }
 
 /// Serves `router` over TLS on an already bound listener until `shutdown`
 /// resolves. Binding is the caller's job so that "port in use" is reported
-/// before anything else starts.
+/// before anything else starts. The certificate can be replaced while
+/// serving through the returned [`CertReloader`].
 pub async fn serve(
     listener: std::net::TcpListener,
-    cert: &tls::CertInfo,
+    config: axum_server::tls_rustls::RustlsConfig,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
-        .await
-        .map_err(|e| Error::Certificate {
-            path: cert.cert_path.clone(),
-            what: e.to_string(),
-        })?;
-    listener.set_nonblocking(true).map_err(|e| Error::Serve {
-        addr: addr.clone(),
-        source: e,
-    })?;
+    listener.set_nonblocking(true).map_err(|e| Error::Serve { addr: addr.clone(), source: e })?;
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
     tokio::spawn(async move {
@@ -123,61 +152,37 @@ pub async fn serve(
         h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     axum_server::from_tcp_rustls(listener, config)
-        .map_err(|e| Error::Serve {
-            addr: addr.clone(),
-            source: e,
-        })?
+        .map_err(|e| Error::Serve { addr: addr.clone(), source: e })?
         .handle(handle)
-        .serve(router.into_make_service())
+        .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await
         .map_err(|e| Error::Serve { addr, source: e })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
+/// Loads the certificate for [`serve`]; keep the config to reload it.
+pub async fn tls_config(cert: &tls::CertInfo) -> Result<axum_server::tls_rustls::RustlsConfig, Error> {
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
+        .await
+        .map_err(|e| Error::Certificate { path: cert.cert_path.clone(), what: e.to_string() })
+}
 
-    struct Fake(bool);
-    impl Backend for Fake {
-        fn metrics(&self) -> String {
-            "appliance_build_info{version=\"1\"} 1\n".into()
-        }
-        fn alive(&self) -> bool {
-            self.0
-        }
-        fn status(&self) -> Status {
-            unreachable!("not used by these routes")
-        }
-    }
+/// Locks a mutex even if a thread panicked while holding it.
+pub fn state_lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-    async fn get(alive: bool, path: &str) -> (StatusCode, String, Option<String>) {
-        let res = router(Arc::new(Fake(alive)))
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let ct = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(res.headers().get(header::X_CONTENT_TYPE_OPTIONS).unwrap(), "nosniff");
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap(), ct)
-    }
+/// Short binary units for graph labels.
+pub(crate) fn format_bytes_short(v: f64) -> String {
+    appliance_api::format_bytes(v.max(0.0) as u64)
+}
 
-    #[tokio::test]
-    async fn routes() {
-        assert_eq!(get(true, "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(true, "/healthz").await.1, "ok\n");
-        assert_eq!(get(false, "/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE);
-        let (s, body, ct) = get(true, "/metrics").await;
-        assert_eq!(s, StatusCode::OK);
-        assert_eq!(body, "appliance_build_info{version=\"1\"} 1\n");
-        assert_eq!(ct.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
-        assert_eq!(get(true, "/admin").await.0, StatusCode::NOT_FOUND);
+/// Bits per second in decimal units, as links are rated.
+pub(crate) fn format_bits(bits: f64) -> String {
+    if bits >= 1e9 {
+        format!("{:.1} Gb", bits / 1e9)
+    } else if bits >= 1e6 {
+        format!("{:.1} Mb", bits / 1e6)
+    } else {
+        format!("{:.0} kb", bits / 1e3)
     }
 }

@@ -39,6 +39,28 @@ pub struct BbbStatus {
     /// Unix time of the last successful poll.
     pub last_ok: Option<f64>,
     pub error: Option<String>,
+    /// The meetings of the last successful poll.
+    #[serde(default)]
+    pub list: Vec<MeetingView>,
+}
+
+/// A meeting as the admin page lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeetingView {
+    pub id: String,
+    pub name: String,
+    /// The member organisation (from the meeting's metadata; breakout rooms
+    /// take their parent's); "unassigned" when there is none.
+    pub member: String,
+    pub running: bool,
+    pub participants: u32,
+    pub moderators: u32,
+    pub video: u32,
+    pub breakout: bool,
+    /// For breakout rooms: the parent meeting's id.
+    pub parent: Option<String>,
+    /// Epoch milliseconds.
+    pub created: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

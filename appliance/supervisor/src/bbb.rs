@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use appliance_api::BbbStatus;
+use appliance_api::{BbbStatus, MeetingView};
 use tokio::sync::watch;
 
 use crate::config::BbbConfig;
@@ -27,7 +27,7 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
     loop {
         tick.tick().await;
         match once(&client, &cfg).await {
-            Ok((meetings, participants)) => {
+            Ok((meetings, participants, list)) => {
                 if !status.up && status.error.is_some() {
                     log::info!("BBB answers again at {}", cfg.url);
                 }
@@ -57,7 +57,7 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
     }
 }
 
-async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(u32, u32), String> {
+async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(u32, u32, Vec<MeetingView>), String> {
     let secret = cfg.secret()?;
     let url = appliance_bbb::signed_url(&cfg.url, "getMeetings", &[], &secret, appliance_bbb::Algorithm::Sha256);
     let res = client
@@ -72,7 +72,32 @@ async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(u32, u32), S
     let meetings = appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| e.to_string())?;
     let running: Vec<_> = meetings.iter().filter(|m| m.running).collect();
     let participants = running.iter().map(|m| m.participant_count).sum();
-    Ok((running.len() as u32, participants))
+    Ok((running.len() as u32, participants, views(&meetings, &cfg.member_key)))
+}
+
+/// Meetings for the admin page, each attributed to a member organisation;
+/// breakout rooms take their parent's.
+pub fn views(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<MeetingView> {
+    let member_of = |m: &appliance_bbb::Meeting| m.metadata.get(member_key).filter(|v| !v.is_empty()).cloned();
+    meetings
+        .iter()
+        .map(|m| {
+            let parent = m.parent_meeting_id.as_ref().and_then(|p| meetings.iter().find(|x| &x.internal_meeting_id == p));
+            let member = member_of(m).or_else(|| parent.and_then(member_of)).unwrap_or_else(|| "unassigned".into());
+            MeetingView {
+                id: m.meeting_id.clone(),
+                name: m.name.clone(),
+                member,
+                running: m.running,
+                participants: m.participant_count,
+                moderators: m.moderator_count,
+                video: m.video_count,
+                breakout: m.is_breakout,
+                parent: parent.map(|p| p.meeting_id.clone()),
+                created: m.create_time,
+            }
+        })
+        .collect()
 }
 
 fn unix_now() -> f64 {

@@ -142,6 +142,10 @@ pub struct BbbConfig {
     /// How often meetings are counted with getMeetings.
     #[serde(default = "default_poll", with = "appliance_monitor::serde_duration")]
     pub poll_interval: Duration,
+    /// The metadata key (without `meta_`, lower case as BBB returns it)
+    /// naming a meeting's member organisation.
+    #[serde(default = "default_member_key")]
+    pub member_key: String,
     /// bbb-web's properties file, where `appliance firstboot` replaces a
     /// default secret.
     #[serde(default = "default_properties")]
@@ -150,6 +154,10 @@ pub struct BbbConfig {
 
 fn default_poll() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_member_key() -> String {
+    "member".into()
 }
 
 fn default_properties() -> PathBuf {

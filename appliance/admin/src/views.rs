@@ -1,0 +1,472 @@
+//! Page models and their askama templates (`templates/`). Everything a
+//! template shows is computed here, so templates stay plain markup and
+//! askama escapes every value.
+
+use std::collections::BTreeMap;
+
+use appliance_api::{Status, format_bytes, format_duration};
+use askama::Template;
+
+use crate::auth::{Role, Session};
+use crate::graph::{self, Line, Threshold};
+use crate::{Backend, LogLine, LogQuery, Window};
+
+pub struct Link {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+/// The header every page shares.
+pub struct Nav {
+    pub node: String,
+    pub version: String,
+    pub user: String,
+    pub role: &'static str,
+    pub operator: bool,
+    pub csrf: String,
+    pub health: &'static str,
+    pub links: Vec<Link>,
+}
+
+const LINKS: &[(&str, &str)] = &[
+    ("/", "Overview"),
+    ("/hardware", "Hardware"),
+    ("/services", "Services"),
+    ("/meetings", "Meetings"),
+    ("/logs", "Logs"),
+    ("/updates", "Updates"),
+    ("/enrollment", "Enrollment"),
+    ("/audit", "Audit"),
+    ("/settings", "Settings"),
+];
+
+fn nav(s: &Session, st: &Status, active: &str) -> Nav {
+    Nav {
+        node: st.node.name.clone(),
+        version: st.node.version.clone(),
+        user: s.user.clone(),
+        role: s.role.as_str(),
+        operator: s.role == Role::Operator,
+        csrf: s.csrf.clone(),
+        health: st.health.status.as_str(),
+        links: LINKS.iter().map(|(href, label)| Link { href, label, current: *href == active }).collect(),
+    }
+}
+
+fn render(t: impl Template) -> String {
+    t.render().unwrap_or_else(|e| format!("<!doctype html><title>error</title><p>page could not be rendered: {e}</p>"))
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message<'a> {
+    title: &'a str,
+    text: &'a str,
+}
+
+pub fn message_page(title: &str, text: &str) -> String {
+    render(Message { title, text })
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct Login<'a> {
+    error: Option<&'a str>,
+    note: Option<&'a str>,
+}
+
+pub fn login(error: Option<&str>, note: Option<&str>) -> String {
+    render(Login { error, note })
+}
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct Setup<'a> {
+    error: Option<&'a str>,
+}
+
+pub fn setup(error: Option<&str>) -> String {
+    render(Setup { error })
+}
+
+pub struct Figure {
+    pub label: &'static str,
+    pub value: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    nav: Nav,
+    reasons: Vec<String>,
+    figures: Vec<Figure>,
+    meetings: String,
+    services: String,
+    failing: Vec<String>,
+    enrollment: String,
+    updates: String,
+}
+
+fn pct(r: Option<f64>) -> String {
+    r.map(|r| format!("{:.0} %", r * 100.0)).unwrap_or_else(|| "–".into())
+}
+
+pub fn overview(s: &Session, st: &Status) -> String {
+    let mut figures = vec![Figure { label: "Uptime", value: format_duration(st.node.uptime_seconds) }];
+    if let Some(m) = &st.monitor {
+        figures.push(Figure { label: "CPU", value: format!("{} of {} cores", pct(m.cpu.usage), m.cpu.cores.len()) });
+        if let Some(mem) = &m.memory {
+            figures.push(Figure {
+                label: "Memory",
+                value: format!("{} of {} ({})", format_bytes(mem.used_bytes), format_bytes(mem.total_bytes), pct(mem.used_ratio())),
+            });
+        }
+        for f in &m.filesystems {
+            figures.push(Figure { label: "Disk", value: format!("{}: {} used of {}", f.path, pct(f.used_ratio()), format_bytes(f.size_bytes)) });
+        }
+        if let Some(up) = st.hardware.uplink.as_ref().and_then(|u| m.network.iter().find(|i| &i.name == u)) {
+            let rate = |b: Option<f64>| b.map(|b| format!("{}/s", crate::format_bits(b * 8.0))).unwrap_or_else(|| "–".into());
+            figures.push(Figure { label: "Uplink", value: format!("{}: in {}, out {}", up.name, rate(up.rx_rate), rate(up.tx_rate)) });
+        }
+    }
+    if let Some(hot) = st.sensors.iter().max_by(|a, b| a.celsius.total_cmp(&b.celsius)) {
+        figures.push(Figure { label: "Hottest sensor", value: format!("{} at {:.1} °C", hot.sensor, hot.celsius) });
+    }
+    figures.push(Figure { label: "Hardware", value: format!("{} ({})", st.hardware.description, st.hardware.profile) });
+    let meetings = match &st.bbb {
+        None => "BigBlueButton is not configured on this node.".to_string(),
+        Some(b) if b.up => format!("{} meetings running, {} participants", b.meetings, b.participants),
+        Some(b) => format!("BigBlueButton does not answer: {}", b.error.clone().unwrap_or_default()),
+    };
+    let (services, failing) = match &st.services {
+        None => ("No services are managed (no recipe configured).".to_string(), vec![]),
+        Some(sv) => {
+            let up = sv.services.iter().filter(|x| x.up).count();
+            let failing = sv
+                .services
+                .iter()
+                .filter(|x| !x.up || x.state != "ok")
+                .map(|x| format!("{}: {}{}", x.name, x.state, x.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()))
+                .collect();
+            (format!("{up} of {} services up", sv.services.len()), failing)
+        }
+    };
+    render(Overview {
+        nav: nav(s, st, "/"),
+        reasons: st.health.reasons.clone(),
+        figures,
+        meetings,
+        services,
+        failing,
+        enrollment: "Not enrolled with global ops yet.".into(),
+        updates: format!("Firmware {}. Automatic updates are not set up on this node yet.", st.node.version),
+    })
+}
+
+pub struct WindowLink {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "hardware.html")]
+struct Hardware {
+    nav: Nav,
+    windows: Vec<WindowLink>,
+    charts: Vec<String>,
+}
+
+pub fn hardware(s: &Session, st: &Status, b: &dyn Backend, window: Window) -> String {
+    let windows = [("/hardware?window=hour", "Last hour", Window::Hour), ("/hardware?window=day", "Last day", Window::Day), ("/hardware?window=week", "Last week", Window::Week)]
+        .into_iter()
+        .map(|(href, label, w)| WindowLink { href, label, current: w == window })
+        .collect();
+    let series = b.series();
+    let line = |name: &str, label: &str| Line { label: label.to_string(), points: b.history(name, window) };
+    let mut charts = Vec::new();
+    charts.push(graph::chart("CPU usage", "%", &[line("cpu", "CPU")], &[Threshold { label: "warn".into(), value: 0.8, kind: "warn" }]));
+    let mem_total = st.monitor.as_ref().and_then(|m| m.memory.map(|m| m.total_bytes as f64));
+    let mut mem_th = Vec::new();
+    if let Some(t) = mem_total {
+        mem_th.push(Threshold { label: "total".into(), value: t, kind: "critical" });
+    }
+    charts.push(graph::chart("Memory used", "B", &[line("memory_used_bytes", "used")], &mem_th));
+    let mut ifaces: Vec<&str> = series.iter().filter_map(|s| s.strip_prefix("net_rx:")).collect();
+    ifaces.sort();
+    for i in ifaces {
+        charts.push(graph::chart(
+            &format!("Bandwidth {i}"),
+            "B/s",
+            &[line(&format!("net_rx:{i}"), "in"), line(&format!("net_tx:{i}"), "out")],
+            &[],
+        ));
+    }
+    for sensor in &st.sensors {
+        let mut th = Vec::new();
+        if let Some(w) = sensor.warn {
+            th.push(Threshold { label: "warn".into(), value: w, kind: "warn" });
+        }
+        if let Some(c) = sensor.critical {
+            th.push(Threshold { label: "critical".into(), value: c, kind: "critical" });
+        }
+        charts.push(graph::chart(&format!("Temperature {}", sensor.sensor), "°C", &[line(&format!("temp:{}", sensor.sensor), &sensor.sensor)], &th));
+    }
+    render(Hardware { nav: nav(s, st, "/hardware"), windows, charts })
+}
+
+pub struct ServiceRow {
+    pub name: String,
+    pub unit: String,
+    pub state: String,
+    pub state_class: &'static str,
+    pub unit_state: String,
+    pub health: String,
+    pub restarts: u64,
+    pub last_failure: String,
+}
+
+#[derive(Template)]
+#[template(path = "services.html")]
+struct Services<'a> {
+    nav: Nav,
+    rows: Vec<ServiceRow>,
+    note: String,
+    msg: Option<&'a str>,
+}
+
+pub fn services(s: &Session, st: &Status, msg: Option<&str>) -> String {
+    let (rows, note) = match &st.services {
+        None => (vec![], "No services are managed on this node: no recipe is configured.".to_string()),
+        Some(sv) => {
+            let rows = sv
+                .services
+                .iter()
+                .map(|x| {
+                    let failing: Vec<String> = x.checks.iter().filter(|c| c.ok == Some(false)).map(|c| format!("{}: {}", c.check, c.detail)).collect();
+                    ServiceRow {
+                        name: x.name.clone(),
+                        unit: x.unit.clone(),
+                        state: x.state.clone(),
+                        state_class: match x.state.as_str() {
+                            "ok" if x.up => "ok",
+                            "failed" => "critical",
+                            _ => "warning",
+                        },
+                        unit_state: format!("{}/{}", x.active_state, x.sub_state),
+                        health: if x.checks.is_empty() { "unit state only".into() } else if failing.is_empty() { "ok".into() } else { failing.join("; ") },
+                        restarts: x.restarts,
+                        last_failure: x.last_failure.as_ref().map(|f| f.reason.clone()).unwrap_or_else(|| "–".into()),
+                    }
+                })
+                .collect();
+            (rows, sv.error.clone().map(|e| format!("Cannot manage services: {e}")).unwrap_or_default())
+        }
+    };
+    render(Services { nav: nav(s, st, "/services"), rows, note, msg })
+}
+
+pub struct MeetingRow {
+    pub name: String,
+    pub participants: u32,
+    pub moderators: u32,
+    pub video: u32,
+    pub kind: String,
+}
+
+pub struct MemberGroup {
+    pub member: String,
+    pub participants: u32,
+    pub meetings: Vec<MeetingRow>,
+}
+
+#[derive(Template)]
+#[template(path = "meetings.html")]
+struct Meetings {
+    nav: Nav,
+    note: String,
+    groups: Vec<MemberGroup>,
+}
+
+pub fn meetings(s: &Session, st: &Status) -> String {
+    let mut groups: BTreeMap<String, MemberGroup> = BTreeMap::new();
+    let note = match &st.bbb {
+        None => "BigBlueButton is not configured on this node.".to_string(),
+        Some(b) if !b.up => format!("BigBlueButton does not answer: {}", b.error.clone().unwrap_or_default()),
+        Some(b) => {
+            for m in b.list.iter().filter(|m| m.running) {
+                let g = groups.entry(m.member.clone()).or_insert_with(|| MemberGroup { member: m.member.clone(), participants: 0, meetings: vec![] });
+                g.participants += m.participants;
+                g.meetings.push(MeetingRow {
+                    name: m.name.clone(),
+                    participants: m.participants,
+                    moderators: m.moderators,
+                    video: m.video,
+                    kind: match &m.parent {
+                        Some(p) => format!("breakout room of {p}"),
+                        None => "meeting".into(),
+                    },
+                });
+            }
+            format!("{} meetings running, {} participants.", b.meetings, b.participants)
+        }
+    };
+    render(Meetings { nav: nav(s, st, "/meetings"), note, groups: groups.into_values().collect() })
+}
+
+pub struct UnitOption {
+    pub value: String,
+    pub selected: bool,
+}
+
+pub struct LogRow {
+    pub time: String,
+    pub unit: String,
+    pub level: &'static str,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "logs.html")]
+struct Logs {
+    nav: Nav,
+    units: Vec<UnitOption>,
+    contains: String,
+    limit: usize,
+    rows: Vec<LogRow>,
+    error: Option<String>,
+}
+
+fn time_of(at: f64) -> String {
+    let t = at as u64;
+    let (h, m, s) = (t / 3600 % 24, t / 60 % 60, t % 60);
+    format!("{h:02}:{m:02}:{s:02}")
+}
+
+pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, String>) -> String {
+    let current = q.unit.clone().unwrap_or_else(|| "appliance".into());
+    let mut units = vec!["appliance".to_string()];
+    if let Some(sv) = &st.services {
+        units.extend(sv.services.iter().map(|x| x.unit.clone()));
+    }
+    let units = units.into_iter().map(|u| UnitOption { selected: u == current, value: u }).collect();
+    let (rows, error) = match lines {
+        Ok(l) => (
+            l.into_iter()
+                .map(|l| LogRow {
+                    time: time_of(l.at),
+                    unit: l.unit,
+                    level: match l.priority {
+                        0..=3 => "error",
+                        4 => "warning",
+                        5 | 6 => "info",
+                        _ => "debug",
+                    },
+                    message: l.message,
+                })
+                .collect(),
+            None,
+        ),
+        Err(e) => (vec![], Some(e)),
+    };
+    render(Logs { nav: nav(s, st, "/logs"), units, contains: q.contains.clone().unwrap_or_default(), limit: q.limit, rows, error })
+}
+
+#[derive(Template)]
+#[template(path = "updates.html")]
+struct Updates {
+    nav: Nav,
+}
+
+pub fn updates(s: &Session, st: &Status) -> String {
+    render(Updates { nav: nav(s, st, "/updates") })
+}
+
+#[derive(Template)]
+#[template(path = "enrollment.html")]
+struct Enrollment {
+    nav: Nav,
+}
+
+pub fn enrollment(s: &Session, st: &Status) -> String {
+    render(Enrollment { nav: nav(s, st, "/enrollment") })
+}
+
+pub struct AuditRow {
+    pub time: String,
+    pub user: String,
+    pub from: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct Audit {
+    nav: Nav,
+    rows: Vec<AuditRow>,
+}
+
+fn datetime(at: f64) -> String {
+    let t = at as i64;
+    let days = t.div_euclid(86400);
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02} {} UTC", time_of(at))
+}
+
+pub fn audit(s: &Session, st: &Status, entries: &[crate::audit::Entry]) -> String {
+    let rows = entries
+        .iter()
+        .rev()
+        .map(|e| AuditRow {
+            time: datetime(e.at),
+            user: e.user.clone(),
+            from: e.from.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            outcome: e.outcome.clone(),
+        })
+        .collect();
+    render(Audit { nav: nav(s, st, "/audit"), rows })
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct Settings<'a> {
+    nav: Nav,
+    fingerprint: String,
+    expires: String,
+    generated: bool,
+    msg: Option<&'a str>,
+}
+
+pub fn settings(s: &Session, st: &Status, cert: &crate::tls::CertInfo, msg: Option<&str>) -> String {
+    render(Settings {
+        nav: nav(s, st, "/settings"),
+        fingerprint: cert.fingerprint_sha256.clone(),
+        expires: datetime(cert.not_after as f64),
+        generated: cert.generated,
+        msg,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(datetime(0.0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(datetime(1_764_090_000.0), "2025-11-25 17:00:00 UTC");
+    }
+}
