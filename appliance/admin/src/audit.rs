@@ -36,8 +36,13 @@ pub struct AuditLog {
 impl AuditLog {
     pub fn open(dir: &Path) -> AuditLog {
         let path = dir.join("audit.jsonl");
-        let lines = fs::File::open(&path).map(|f| BufReader::new(f).lines().count()).unwrap_or(0);
-        AuditLog { path, lock: Mutex::new(lines) }
+        let lines = fs::File::open(&path)
+            .map(|f| BufReader::new(f).lines().count())
+            .unwrap_or(0);
+        AuditLog {
+            path,
+            lock: Mutex::new(lines),
+        }
     }
 
     /// Appends an entry. A failure to write is logged, not fatal: the action
@@ -63,19 +68,36 @@ impl AuditLog {
         }
         if *count > KEEP * 2 {
             let kept = self.tail(KEEP);
-            let text: String = kept.iter().filter_map(|e| serde_json::to_string(e).ok()).map(|l| l + "\n").collect();
+            let text: String = kept
+                .iter()
+                .filter_map(|e| serde_json::to_string(e).ok())
+                .map(|l| l + "\n")
+                .collect();
             let tmp = self.path.with_extension("tmp");
             if fs::write(&tmp, text).and_then(|_| fs::rename(&tmp, &self.path)).is_ok() {
                 *count = kept.len();
             }
         }
-        log::info!("audit: {} from {} {} {}: {}", e.user, e.from, e.action, e.target, e.outcome);
+        log::info!(
+            "audit: {} from {} {} {}: {}",
+            e.user,
+            e.from,
+            e.action,
+            e.target,
+            e.outcome
+        );
     }
 
     /// The newest `n` entries, newest last.
     pub fn tail(&self, n: usize) -> Vec<Entry> {
-        let Ok(f) = fs::File::open(&self.path) else { return Vec::new() };
-        let all: Vec<Entry> = BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
+        let Ok(f) = fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let all: Vec<Entry> = BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
         let skip = all.len().saturating_sub(n);
         all.into_iter().skip(skip).collect()
     }

@@ -131,13 +131,19 @@ fn hex(b: &[u8]) -> String {
 /// shown as `ABCDE-FGHJK`.
 pub fn new_setup_code() -> String {
     let b = random_bytes::<10>();
-    let chars: String = b.iter().map(|x| CODE_ALPHABET[(*x as usize) % CODE_ALPHABET.len()] as char).collect();
+    let chars: String = b
+        .iter()
+        .map(|x| CODE_ALPHABET[(*x as usize) % CODE_ALPHABET.len()] as char)
+        .collect();
     format!("{}-{}", &chars[..5], &chars[5..])
 }
 
 /// What people type: case and separators do not matter.
 pub fn normalize_code(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect()
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// Equal without revealing how much matched through timing.
@@ -163,7 +169,16 @@ pub fn check_strength(pw: &str, account: &str) -> Result<(), String> {
         return Err(format!("the {account} password must not be one character repeated"));
     }
     let lower = pw.to_lowercase();
-    for bad in ["password", "passwort", "123456", "qwerty", "appliance", "bigbluebutton", "letmein", "admin"] {
+    for bad in [
+        "password",
+        "passwort",
+        "123456",
+        "qwerty",
+        "appliance",
+        "bigbluebutton",
+        "letmein",
+        "admin",
+    ] {
         if lower.contains(bad) {
             return Err(format!("the {account} password must not contain \"{bad}\""));
         }
@@ -206,7 +221,11 @@ pub fn verify_password(pw: &str, hash: &str) -> bool {
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
@@ -221,7 +240,9 @@ impl Auth {
         let file = dir.join("auth.json");
         let users = match fs::read(&file) {
             Ok(b) => {
-                serde_json::from_slice::<AuthFile>(&b).map_err(|e| AuthError::Storage(format!("{}: {e}", file.display())))?.users
+                serde_json::from_slice::<AuthFile>(&b)
+                    .map_err(|e| AuthError::Storage(format!("{}: {e}", file.display())))?
+                    .users
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(AuthError::Storage(format!("{}: {e}", file.display()))),
@@ -272,14 +293,19 @@ impl Auth {
         if !constant_time_eq(normalize_code(code).as_bytes(), normalize_code(&expected).as_bytes()) {
             self.setup_failures.count += 1;
             if self.setup_failures.count >= SETUP_TRIES {
-                self.setup_failures = Failures { count: 0, locked_until: Some(now + LOCK_SECS) };
+                self.setup_failures = Failures {
+                    count: 0,
+                    locked_until: Some(now + LOCK_SECS),
+                };
             }
             return Err(AuthError::BadSetupCode);
         }
         check_strength(operator_pw, "operator").map_err(AuthError::WeakPassword)?;
         check_strength(viewer_pw, "viewer").map_err(AuthError::WeakPassword)?;
         if operator_pw == viewer_pw {
-            return Err(AuthError::WeakPassword("the operator and viewer passwords must differ".into()));
+            return Err(AuthError::WeakPassword(
+                "the operator and viewer passwords must differ".into(),
+            ));
         }
         Ok(())
     }
@@ -290,8 +316,16 @@ impl Auth {
             return Err(AuthError::AlreadySetUp);
         }
         self.users = vec![
-            User { name: "operator".into(), role: Role::Operator, hash: operator_hash },
-            User { name: "viewer".into(), role: Role::Viewer, hash: viewer_hash },
+            User {
+                name: "operator".into(),
+                role: Role::Operator,
+                hash: operator_hash,
+            },
+            User {
+                name: "viewer".into(),
+                role: Role::Viewer,
+                hash: viewer_hash,
+            },
         ];
         self.save()?;
         self.setup_code = None;
@@ -301,7 +335,10 @@ impl Auth {
 
     fn save(&self) -> Result<(), AuthError> {
         let file = self.dir.join("auth.json");
-        let data = serde_json::to_vec_pretty(&AuthFile { users: self.users.clone() }).map_err(|e| AuthError::Storage(e.to_string()))?;
+        let data = serde_json::to_vec_pretty(&AuthFile {
+            users: self.users.clone(),
+        })
+        .map_err(|e| AuthError::Storage(e.to_string()))?;
         write_private(&file, &data).map_err(|e| AuthError::Storage(format!("{}: {e}", file.display())))
     }
 
@@ -310,10 +347,17 @@ impl Auth {
     pub fn begin_login(&mut self, user: &str, ip: IpAddr, now: f64) -> Result<Option<String>, AuthError> {
         if let Some((n, since)) = self.ip_failures.get(&ip).copied() {
             if now - since < IP_WINDOW_SECS && n >= IP_LIMIT {
-                return Err(AuthError::TooManyAttempts(((since + IP_WINDOW_SECS - now) / 60.0).ceil() as u64));
+                return Err(AuthError::TooManyAttempts(
+                    ((since + IP_WINDOW_SECS - now) / 60.0).ceil() as u64,
+                ));
             }
         }
-        if let Some(until) = self.failures.get(user).and_then(|f| f.locked_until).filter(|u| *u > now) {
+        if let Some(until) = self
+            .failures
+            .get(user)
+            .and_then(|f| f.locked_until)
+            .filter(|u| *u > now)
+        {
             return Err(AuthError::Locked(((until - now) / 60.0).ceil() as u64));
         }
         Ok(self.users.iter().find(|u| u.name == user).map(|u| u.hash.clone()))
@@ -327,8 +371,19 @@ impl Auth {
             (true, Some(role)) => {
                 self.failures.remove(user);
                 let token = hex(&random_bytes::<32>());
-                let session = Session { user: user.to_string(), role, csrf: hex(&random_bytes::<32>()) };
-                self.sessions.insert(token_key(&token), SessionState { session: session.clone(), created: now, last_seen: now });
+                let session = Session {
+                    user: user.to_string(),
+                    role,
+                    csrf: hex(&random_bytes::<32>()),
+                };
+                self.sessions.insert(
+                    token_key(&token),
+                    SessionState {
+                        session: session.clone(),
+                        created: now,
+                        last_seen: now,
+                    },
+                );
                 Ok((token, session))
             }
             _ => {
@@ -341,7 +396,10 @@ impl Auth {
                     let f = self.failures.entry(user.to_string()).or_default();
                     f.count += 1;
                     if f.count >= LOCK_AFTER {
-                        *f = Failures { count: 0, locked_until: Some(now + LOCK_SECS) };
+                        *f = Failures {
+                            count: 0,
+                            locked_until: Some(now + LOCK_SECS),
+                        };
                         return Err(AuthError::Locked((LOCK_SECS / 60.0) as u64));
                     }
                 }
@@ -368,7 +426,11 @@ impl Auth {
 
     /// Sets a new password for an account and ends its sessions.
     pub fn set_password(&mut self, user: &str, hash: String) -> Result<(), AuthError> {
-        let u = self.users.iter_mut().find(|u| u.name == user).ok_or(AuthError::BadCredentials)?;
+        let u = self
+            .users
+            .iter_mut()
+            .find(|u| u.name == user)
+            .ok_or(AuthError::BadCredentials)?;
         u.hash = hash;
         self.save()?;
         self.sessions.retain(|_, s| s.session.user != user);
@@ -377,7 +439,8 @@ impl Auth {
 
     /// Forgets expired sessions (called now and then, to bound memory).
     pub fn sweep(&mut self, now: f64) {
-        self.sessions.retain(|_, s| now - s.last_seen <= IDLE_SECS && now - s.created <= MAX_SECS);
+        self.sessions
+            .retain(|_, s| now - s.last_seen <= IDLE_SECS && now - s.created <= MAX_SECS);
         self.ip_failures.retain(|_, (_, since)| now - *since < IP_WINDOW_SECS);
     }
 }
@@ -399,7 +462,8 @@ mod tests {
         let mut a = Auth::open(d.path()).unwrap();
         let code = a.setup_code().unwrap().to_string();
         a.check_setup(&code, OP, VIEW, 0.0).unwrap();
-        a.finish_setup(hash_password(OP).unwrap(), hash_password(VIEW).unwrap()).unwrap();
+        a.finish_setup(hash_password(OP).unwrap(), hash_password(VIEW).unwrap())
+            .unwrap();
         (d, a)
     }
 
@@ -432,21 +496,39 @@ mod tests {
         drop(a);
         let mut a = Auth::open(d.path()).unwrap();
         assert_eq!(a.setup_code(), Some(code.as_str()), "same code after a restart");
-        assert_eq!(a.check_setup("WRONG-CODE1", OP, VIEW, 0.0), Err(AuthError::BadSetupCode));
-        assert!(matches!(a.check_setup(&code, "weak", VIEW, 0.0), Err(AuthError::WeakPassword(_))));
-        assert!(matches!(a.check_setup(&code, OP, OP, 0.0), Err(AuthError::WeakPassword(_))));
+        assert_eq!(
+            a.check_setup("WRONG-CODE1", OP, VIEW, 0.0),
+            Err(AuthError::BadSetupCode)
+        );
+        assert!(matches!(
+            a.check_setup(&code, "weak", VIEW, 0.0),
+            Err(AuthError::WeakPassword(_))
+        ));
+        assert!(matches!(
+            a.check_setup(&code, OP, OP, 0.0),
+            Err(AuthError::WeakPassword(_))
+        ));
         // Lower case and no dash are fine.
-        a.check_setup(&normalize_code(&code).to_lowercase(), OP, VIEW, 0.0).unwrap();
-        a.finish_setup(hash_password(OP).unwrap(), hash_password(VIEW).unwrap()).unwrap();
+        a.check_setup(&normalize_code(&code).to_lowercase(), OP, VIEW, 0.0)
+            .unwrap();
+        a.finish_setup(hash_password(OP).unwrap(), hash_password(VIEW).unwrap())
+            .unwrap();
         assert_eq!(a.setup_code(), None);
         assert!(!d.path().join("setup-code").exists());
         assert_eq!(a.check_setup(&code, OP, VIEW, 0.0), Err(AuthError::AlreadySetUp));
         let mode = fs::metadata(d.path().join("auth.json")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(d.path().join("auth.json")).unwrap();
-        assert!(text.contains("$argon2id$") && !text.contains(OP), "only hashes are stored");
+        assert!(
+            text.contains("$argon2id$") && !text.contains(OP),
+            "only hashes are stored"
+        );
         drop(a);
-        assert_eq!(Auth::open(d.path()).unwrap().setup_code(), None, "still done after a restart");
+        assert_eq!(
+            Auth::open(d.path()).unwrap().setup_code(),
+            None,
+            "still done after a restart"
+        );
     }
 
     #[test]
@@ -455,7 +537,10 @@ mod tests {
         let mut a = Auth::open(d.path()).unwrap();
         let code = a.setup_code().unwrap().to_string();
         for _ in 0..SETUP_TRIES {
-            assert_eq!(a.check_setup("AAAAA-AAAAA", OP, VIEW, 1.0), Err(AuthError::BadSetupCode));
+            assert_eq!(
+                a.check_setup("AAAAA-AAAAA", OP, VIEW, 1.0),
+                Err(AuthError::BadSetupCode)
+            );
         }
         assert_eq!(a.check_setup(&code, OP, VIEW, 2.0), Err(AuthError::Locked(15)));
         assert!(a.check_setup(&code, OP, VIEW, 2.0 + LOCK_SECS).is_ok());
@@ -467,14 +552,20 @@ mod tests {
         let hash = a.begin_login("operator", IP, 0.0).unwrap().unwrap();
         assert!(verify_password(OP, &hash) && !verify_password("nope", &hash));
         for i in 1..LOCK_AFTER {
-            assert_eq!(a.finish_login("operator", IP, false, i as f64), Err(AuthError::BadCredentials));
+            assert_eq!(
+                a.finish_login("operator", IP, false, i as f64),
+                Err(AuthError::BadCredentials)
+            );
         }
         assert_eq!(a.finish_login("operator", IP, false, 10.0), Err(AuthError::Locked(15)));
         // Even the right password is refused while locked.
         assert_eq!(a.begin_login("operator", IP, 11.0), Err(AuthError::Locked(15)));
         // The viewer account is not affected.
         assert!(a.begin_login("viewer", IP, 11.0).is_ok());
-        assert!(a.begin_login("operator", IP, 10.0 + LOCK_SECS).is_ok(), "unlocked after the lock time");
+        assert!(
+            a.begin_login("operator", IP, 10.0 + LOCK_SECS).is_ok(),
+            "unlocked after the lock time"
+        );
     }
 
     #[test]
@@ -497,7 +588,8 @@ mod tests {
         a.logout(&tok);
         assert!(a.session(&tok, 1.0).is_none());
         let (tok, _) = a.finish_login("operator", IP, true, 0.0).unwrap();
-        a.set_password("operator", hash_password("An0ther-passphrase").unwrap()).unwrap();
+        a.set_password("operator", hash_password("An0ther-passphrase").unwrap())
+            .unwrap();
         assert!(a.session(&tok, 1.0).is_none(), "a password change ends sessions");
         assert_eq!(a.finish_login("nobody", IP, true, 0.0), Err(AuthError::BadCredentials));
     }

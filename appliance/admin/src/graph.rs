@@ -77,9 +77,18 @@ fn fmt_time(t: u64, span: u64) -> String {
 
 /// Renders a chart. `unit` picks value formatting: "%", "°C", "B", "B/s".
 pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold]) -> String {
-    let lines: Vec<Line> = lines.iter().map(|l| Line { label: l.label.clone(), points: downsample(&l.points, MAX_POINTS) }).collect();
+    let lines: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            label: l.label.clone(),
+            points: downsample(&l.points, MAX_POINTS),
+        })
+        .collect();
     let times: Vec<u64> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
-    let values: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().filter_map(|p| p.1.map(f64::from))).collect();
+    let values: Vec<f64> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().filter_map(|p| p.1.map(f64::from)))
+        .collect();
     let mut out = String::with_capacity(4096);
     let desc = format!("{title}: {} points", values.len());
     let _ = write!(out, r#"<figure class="chart"><figcaption>{}</figcaption>"#, esc(title));
@@ -103,10 +112,24 @@ pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold]) 
         hi = lo + 1.0;
     }
     let pad = (hi - lo) * 0.05;
-    let (lo, hi) = if unit == "%" { (lo, hi) } else { (lo - if lo == 0.0 { 0.0 } else { pad }, hi + pad) };
-    let x = |t: u64| LEFT + if t1 > t0 { (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - RIGHT) } else { W - RIGHT };
+    let (lo, hi) = if unit == "%" {
+        (lo, hi)
+    } else {
+        (lo - if lo == 0.0 { 0.0 } else { pad }, hi + pad)
+    };
+    let x = |t: u64| {
+        LEFT + if t1 > t0 {
+            (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - RIGHT)
+        } else {
+            W - RIGHT
+        }
+    };
     let y = |v: f64| TOP + (1.0 - (v - lo) / (hi - lo)) * (H - TOP - BOTTOM);
-    let _ = write!(out, r#"<svg viewBox="0 0 {W} {H}" role="img" aria-label="{}" preserveAspectRatio="none">"#, esc(&desc));
+    let _ = write!(
+        out,
+        r#"<svg viewBox="0 0 {W} {H}" role="img" aria-label="{}" preserveAspectRatio="none">"#,
+        esc(&desc)
+    );
     // Axes and labels.
     let _ = write!(
         out,
@@ -114,11 +137,34 @@ pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold]) 
         b = H - BOTTOM,
         r = W - RIGHT
     );
-    let _ = write!(out, r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#, LEFT - 4.0, TOP + 10.0, esc(&fmt_value(hi, unit)));
-    let _ = write!(out, r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#, LEFT - 4.0, H - BOTTOM, esc(&fmt_value(lo, unit)));
+    let _ = write!(
+        out,
+        r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#,
+        LEFT - 4.0,
+        TOP + 10.0,
+        esc(&fmt_value(hi, unit))
+    );
+    let _ = write!(
+        out,
+        r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#,
+        LEFT - 4.0,
+        H - BOTTOM,
+        esc(&fmt_value(lo, unit))
+    );
     let span = t1.saturating_sub(t0);
-    let _ = write!(out, r#"<text class="lbl" x="{LEFT}" y="{}">{}</text>"#, H - 6.0, fmt_time(t0, span));
-    let _ = write!(out, r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#, W - RIGHT, H - 6.0, fmt_time(t1, span));
+    let _ = write!(
+        out,
+        r#"<text class="lbl" x="{LEFT}" y="{}">{}</text>"#,
+        H - 6.0,
+        fmt_time(t0, span)
+    );
+    let _ = write!(
+        out,
+        r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#,
+        W - RIGHT,
+        H - 6.0,
+        fmt_time(t1, span)
+    );
     for t in thresholds {
         let yy = y(t.value);
         let _ = write!(
@@ -136,7 +182,13 @@ pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold]) 
         let mut run = String::new();
         let flush = |run: &mut String, out: &mut String| {
             if !run.is_empty() {
-                let _ = write!(out, r#"<polyline class="s{}" points="{}"><title>{}</title></polyline>"#, i % 6, run.trim_end(), esc(&l.label));
+                let _ = write!(
+                    out,
+                    r#"<polyline class="s{}" points="{}"><title>{}</title></polyline>"#,
+                    i % 6,
+                    run.trim_end(),
+                    esc(&l.label)
+                );
                 run.clear();
             }
         };
@@ -183,21 +235,52 @@ mod tests {
 
     #[test]
     fn downsample_averages_and_keeps_gaps() {
-        let pts: Vec<(u64, Option<f32>)> = (0..10).map(|i| (i, if i == 4 || i == 5 { None } else { Some(i as f32) })).collect();
+        let pts: Vec<(u64, Option<f32>)> = (0..10)
+            .map(|i| (i, if i == 4 || i == 5 { None } else { Some(i as f32) }))
+            .collect();
         let d = downsample(&pts, 5);
-        assert_eq!(d, vec![(0, Some(0.5)), (2, Some(2.5)), (4, None), (6, Some(6.5)), (8, Some(8.5))]);
+        assert_eq!(
+            d,
+            vec![
+                (0, Some(0.5)),
+                (2, Some(2.5)),
+                (4, None),
+                (6, Some(6.5)),
+                (8, Some(8.5))
+            ]
+        );
         assert_eq!(downsample(&pts, 100).len(), 10);
     }
 
     #[test]
     fn chart_draws_runs_thresholds_and_escapes() {
-        let line = Line { label: "coretemp/<pkg>".into(), points: vec![(0, Some(40.0)), (60, Some(50.0)), (120, None), (180, Some(45.0))] };
-        let svg = chart("Temperature", "°C", &[line], &[Threshold { label: "warn".into(), value: 85.0, kind: "warn" }]);
+        let line = Line {
+            label: "coretemp/<pkg>".into(),
+            points: vec![(0, Some(40.0)), (60, Some(50.0)), (120, None), (180, Some(45.0))],
+        };
+        let svg = chart(
+            "Temperature",
+            "°C",
+            &[line],
+            &[Threshold {
+                label: "warn".into(),
+                value: 85.0,
+                kind: "warn",
+            }],
+        );
         assert_eq!(svg.matches("<polyline").count(), 2, "the gap splits the line");
         assert!(svg.contains("warn 85 °C"));
         assert!(svg.contains("coretemp/&lt;pkg&gt;") && !svg.contains("<pkg>"));
         assert!(svg.contains(r#"aria-label="Temperature: 3 points""#));
-        let empty = chart("CPU", "%", &[Line { label: "cpu".into(), points: vec![] }], &[]);
+        let empty = chart(
+            "CPU",
+            "%",
+            &[Line {
+                label: "cpu".into(),
+                points: vec![],
+            }],
+            &[],
+        );
         assert!(empty.contains("No data yet"));
     }
 }

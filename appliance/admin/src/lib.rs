@@ -110,7 +110,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -144,7 +147,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    listener.set_nonblocking(true).map_err(|e| Error::Serve { addr: addr.clone(), source: e })?;
+    listener.set_nonblocking(true).map_err(|e| Error::Serve {
+        addr: addr.clone(),
+        source: e,
+    })?;
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
     tokio::spawn(async move {
@@ -152,7 +158,10 @@ pub async fn serve(
         h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     axum_server::from_tcp_rustls(listener, config)
-        .map_err(|e| Error::Serve { addr: addr.clone(), source: e })?
+        .map_err(|e| Error::Serve {
+            addr: addr.clone(),
+            source: e,
+        })?
         .handle(handle)
         .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await
@@ -163,7 +172,10 @@ pub async fn serve(
 pub async fn tls_config(cert: &tls::CertInfo) -> Result<axum_server::tls_rustls::RustlsConfig, Error> {
     axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
         .await
-        .map_err(|e| Error::Certificate { path: cert.cert_path.clone(), what: e.to_string() })
+        .map_err(|e| Error::Certificate {
+            path: cert.cert_path.clone(),
+            what: e.to_string(),
+        })
 }
 
 /// Locks a mutex even if a thread panicked while holding it.

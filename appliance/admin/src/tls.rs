@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 
+/// Where a certificate installed from the admin page is kept (in the
+/// certificate directory of the state dir).
+pub const INSTALLED_CERT: &str = "installed-cert.pem";
+pub const INSTALLED_KEY: &str = "installed-key.pem";
+
 /// How long a generated certificate is valid: browsers refuse more than
 /// 398 days even for certificates they are told to accept.
 pub const VALIDITY: Duration = Duration::from_secs(397 * 86400);
@@ -70,6 +75,22 @@ pub fn ensure(
             not_after,
             generated: false,
         });
+    }
+    // A certificate installed from the admin page wins over a generated one.
+    let (icert, ikey) = (dir.join(INSTALLED_CERT), dir.join(INSTALLED_KEY));
+    if icert.exists() && ikey.exists() {
+        match inspect(&icert) {
+            Ok((fp, not_after)) => {
+                return Ok(CertInfo {
+                    cert_path: icert,
+                    key_path: ikey,
+                    fingerprint_sha256: fp,
+                    not_after,
+                    generated: false,
+                });
+            }
+            Err(e) => log::warn!("installed admin certificate unusable ({e}): using a generated one"),
+        }
     }
     let cert_path = dir.join("admin-cert.pem");
     let key_path = dir.join("admin-key.pem");
@@ -133,7 +154,7 @@ fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String], now
 }
 
 /// Writes `path` so that a crash leaves either the old or the new file.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()

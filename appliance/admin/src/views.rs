@@ -50,12 +50,20 @@ fn nav(s: &Session, st: &Status, active: &str) -> Nav {
         operator: s.role == Role::Operator,
         csrf: s.csrf.clone(),
         health: st.health.status.as_str(),
-        links: LINKS.iter().map(|(href, label)| Link { href, label, current: *href == active }).collect(),
+        links: LINKS
+            .iter()
+            .map(|(href, label)| Link {
+                href,
+                label,
+                current: *href == active,
+            })
+            .collect(),
     }
 }
 
 fn render(t: impl Template) -> String {
-    t.render().unwrap_or_else(|e| format!("<!doctype html><title>error</title><p>page could not be rendered: {e}</p>"))
+    t.render()
+        .unwrap_or_else(|e| format!("<!doctype html><title>error</title><p>page could not be rendered: {e}</p>"))
 }
 
 #[derive(Template)]
@@ -113,27 +121,63 @@ fn pct(r: Option<f64>) -> String {
 }
 
 pub fn overview(s: &Session, st: &Status) -> String {
-    let mut figures = vec![Figure { label: "Uptime", value: format_duration(st.node.uptime_seconds) }];
+    let mut figures = vec![Figure {
+        label: "Uptime",
+        value: format_duration(st.node.uptime_seconds),
+    }];
     if let Some(m) = &st.monitor {
-        figures.push(Figure { label: "CPU", value: format!("{} of {} cores", pct(m.cpu.usage), m.cpu.cores.len()) });
+        figures.push(Figure {
+            label: "CPU",
+            value: format!("{} of {} cores", pct(m.cpu.usage), m.cpu.cores.len()),
+        });
         if let Some(mem) = &m.memory {
             figures.push(Figure {
                 label: "Memory",
-                value: format!("{} of {} ({})", format_bytes(mem.used_bytes), format_bytes(mem.total_bytes), pct(mem.used_ratio())),
+                value: format!(
+                    "{} of {} ({})",
+                    format_bytes(mem.used_bytes),
+                    format_bytes(mem.total_bytes),
+                    pct(mem.used_ratio())
+                ),
             });
         }
         for f in &m.filesystems {
-            figures.push(Figure { label: "Disk", value: format!("{}: {} used of {}", f.path, pct(f.used_ratio()), format_bytes(f.size_bytes)) });
+            figures.push(Figure {
+                label: "Disk",
+                value: format!(
+                    "{}: {} used of {}",
+                    f.path,
+                    pct(f.used_ratio()),
+                    format_bytes(f.size_bytes)
+                ),
+            });
         }
-        if let Some(up) = st.hardware.uplink.as_ref().and_then(|u| m.network.iter().find(|i| &i.name == u)) {
-            let rate = |b: Option<f64>| b.map(|b| format!("{}/s", crate::format_bits(b * 8.0))).unwrap_or_else(|| "–".into());
-            figures.push(Figure { label: "Uplink", value: format!("{}: in {}, out {}", up.name, rate(up.rx_rate), rate(up.tx_rate)) });
+        if let Some(up) = st
+            .hardware
+            .uplink
+            .as_ref()
+            .and_then(|u| m.network.iter().find(|i| &i.name == u))
+        {
+            let rate = |b: Option<f64>| {
+                b.map(|b| format!("{}/s", crate::format_bits(b * 8.0)))
+                    .unwrap_or_else(|| "–".into())
+            };
+            figures.push(Figure {
+                label: "Uplink",
+                value: format!("{}: in {}, out {}", up.name, rate(up.rx_rate), rate(up.tx_rate)),
+            });
         }
     }
     if let Some(hot) = st.sensors.iter().max_by(|a, b| a.celsius.total_cmp(&b.celsius)) {
-        figures.push(Figure { label: "Hottest sensor", value: format!("{} at {:.1} °C", hot.sensor, hot.celsius) });
+        figures.push(Figure {
+            label: "Hottest sensor",
+            value: format!("{} at {:.1} °C", hot.sensor, hot.celsius),
+        });
     }
-    figures.push(Figure { label: "Hardware", value: format!("{} ({})", st.hardware.description, st.hardware.profile) });
+    figures.push(Figure {
+        label: "Hardware",
+        value: format!("{} ({})", st.hardware.description, st.hardware.profile),
+    });
     let meetings = match &st.bbb {
         None => "BigBlueButton is not configured on this node.".to_string(),
         Some(b) if b.up => format!("{} meetings running, {} participants", b.meetings, b.participants),
@@ -147,7 +191,14 @@ pub fn overview(s: &Session, st: &Status) -> String {
                 .services
                 .iter()
                 .filter(|x| !x.up || x.state != "ok")
-                .map(|x| format!("{}: {}{}", x.name, x.state, x.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()))
+                .map(|x| {
+                    format!(
+                        "{}: {}{}",
+                        x.name,
+                        x.state,
+                        x.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+                    )
+                })
                 .collect();
             (format!("{up} of {} services up", sv.services.len()), failing)
         }
@@ -160,7 +211,10 @@ pub fn overview(s: &Session, st: &Status) -> String {
         services,
         failing,
         enrollment: "Not enrolled with global ops yet.".into(),
-        updates: format!("Firmware {}. Automatic updates are not set up on this node yet.", st.node.version),
+        updates: format!(
+            "Firmware {}. Automatic updates are not set up on this node yet.",
+            st.node.version
+        ),
     })
 }
 
@@ -179,20 +233,49 @@ struct Hardware {
 }
 
 pub fn hardware(s: &Session, st: &Status, b: &dyn Backend, window: Window) -> String {
-    let windows = [("/hardware?window=hour", "Last hour", Window::Hour), ("/hardware?window=day", "Last day", Window::Day), ("/hardware?window=week", "Last week", Window::Week)]
-        .into_iter()
-        .map(|(href, label, w)| WindowLink { href, label, current: w == window })
-        .collect();
+    let windows = [
+        ("/hardware?window=hour", "Last hour", Window::Hour),
+        ("/hardware?window=day", "Last day", Window::Day),
+        ("/hardware?window=week", "Last week", Window::Week),
+    ]
+    .into_iter()
+    .map(|(href, label, w)| WindowLink {
+        href,
+        label,
+        current: w == window,
+    })
+    .collect();
     let series = b.series();
-    let line = |name: &str, label: &str| Line { label: label.to_string(), points: b.history(name, window) };
+    let line = |name: &str, label: &str| Line {
+        label: label.to_string(),
+        points: b.history(name, window),
+    };
     let mut charts = Vec::new();
-    charts.push(graph::chart("CPU usage", "%", &[line("cpu", "CPU")], &[Threshold { label: "warn".into(), value: 0.8, kind: "warn" }]));
+    charts.push(graph::chart(
+        "CPU usage",
+        "%",
+        &[line("cpu", "CPU")],
+        &[Threshold {
+            label: "warn".into(),
+            value: 0.8,
+            kind: "warn",
+        }],
+    ));
     let mem_total = st.monitor.as_ref().and_then(|m| m.memory.map(|m| m.total_bytes as f64));
     let mut mem_th = Vec::new();
     if let Some(t) = mem_total {
-        mem_th.push(Threshold { label: "total".into(), value: t, kind: "critical" });
+        mem_th.push(Threshold {
+            label: "total".into(),
+            value: t,
+            kind: "critical",
+        });
     }
-    charts.push(graph::chart("Memory used", "B", &[line("memory_used_bytes", "used")], &mem_th));
+    charts.push(graph::chart(
+        "Memory used",
+        "B",
+        &[line("memory_used_bytes", "used")],
+        &mem_th,
+    ));
     let mut ifaces: Vec<&str> = series.iter().filter_map(|s| s.strip_prefix("net_rx:")).collect();
     ifaces.sort();
     for i in ifaces {
@@ -206,14 +289,31 @@ pub fn hardware(s: &Session, st: &Status, b: &dyn Backend, window: Window) -> St
     for sensor in &st.sensors {
         let mut th = Vec::new();
         if let Some(w) = sensor.warn {
-            th.push(Threshold { label: "warn".into(), value: w, kind: "warn" });
+            th.push(Threshold {
+                label: "warn".into(),
+                value: w,
+                kind: "warn",
+            });
         }
         if let Some(c) = sensor.critical {
-            th.push(Threshold { label: "critical".into(), value: c, kind: "critical" });
+            th.push(Threshold {
+                label: "critical".into(),
+                value: c,
+                kind: "critical",
+            });
         }
-        charts.push(graph::chart(&format!("Temperature {}", sensor.sensor), "°C", &[line(&format!("temp:{}", sensor.sensor), &sensor.sensor)], &th));
+        charts.push(graph::chart(
+            &format!("Temperature {}", sensor.sensor),
+            "°C",
+            &[line(&format!("temp:{}", sensor.sensor), &sensor.sensor)],
+            &th,
+        ));
     }
-    render(Hardware { nav: nav(s, st, "/hardware"), windows, charts })
+    render(Hardware {
+        nav: nav(s, st, "/hardware"),
+        windows,
+        charts,
+    })
 }
 
 pub struct ServiceRow {
@@ -238,13 +338,21 @@ struct Services<'a> {
 
 pub fn services(s: &Session, st: &Status, msg: Option<&str>) -> String {
     let (rows, note) = match &st.services {
-        None => (vec![], "No services are managed on this node: no recipe is configured.".to_string()),
+        None => (
+            vec![],
+            "No services are managed on this node: no recipe is configured.".to_string(),
+        ),
         Some(sv) => {
             let rows = sv
                 .services
                 .iter()
                 .map(|x| {
-                    let failing: Vec<String> = x.checks.iter().filter(|c| c.ok == Some(false)).map(|c| format!("{}: {}", c.check, c.detail)).collect();
+                    let failing: Vec<String> = x
+                        .checks
+                        .iter()
+                        .filter(|c| c.ok == Some(false))
+                        .map(|c| format!("{}: {}", c.check, c.detail))
+                        .collect();
                     ServiceRow {
                         name: x.name.clone(),
                         unit: x.unit.clone(),
@@ -255,16 +363,37 @@ pub fn services(s: &Session, st: &Status, msg: Option<&str>) -> String {
                             _ => "warning",
                         },
                         unit_state: format!("{}/{}", x.active_state, x.sub_state),
-                        health: if x.checks.is_empty() { "unit state only".into() } else if failing.is_empty() { "ok".into() } else { failing.join("; ") },
+                        health: if x.checks.is_empty() {
+                            "unit state only".into()
+                        } else if failing.is_empty() {
+                            "ok".into()
+                        } else {
+                            failing.join("; ")
+                        },
                         restarts: x.restarts,
-                        last_failure: x.last_failure.as_ref().map(|f| f.reason.clone()).unwrap_or_else(|| "–".into()),
+                        last_failure: x
+                            .last_failure
+                            .as_ref()
+                            .map(|f| f.reason.clone())
+                            .unwrap_or_else(|| "–".into()),
                     }
                 })
                 .collect();
-            (rows, sv.error.clone().map(|e| format!("Cannot manage services: {e}")).unwrap_or_default())
+            (
+                rows,
+                sv.error
+                    .clone()
+                    .map(|e| format!("Cannot manage services: {e}"))
+                    .unwrap_or_default(),
+            )
         }
     };
-    render(Services { nav: nav(s, st, "/services"), rows, note, msg })
+    render(Services {
+        nav: nav(s, st, "/services"),
+        rows,
+        note,
+        msg,
+    })
 }
 
 pub struct MeetingRow {
@@ -296,7 +425,11 @@ pub fn meetings(s: &Session, st: &Status) -> String {
         Some(b) if !b.up => format!("BigBlueButton does not answer: {}", b.error.clone().unwrap_or_default()),
         Some(b) => {
             for m in b.list.iter().filter(|m| m.running) {
-                let g = groups.entry(m.member.clone()).or_insert_with(|| MemberGroup { member: m.member.clone(), participants: 0, meetings: vec![] });
+                let g = groups.entry(m.member.clone()).or_insert_with(|| MemberGroup {
+                    member: m.member.clone(),
+                    participants: 0,
+                    meetings: vec![],
+                });
                 g.participants += m.participants;
                 g.meetings.push(MeetingRow {
                     name: m.name.clone(),
@@ -312,7 +445,11 @@ pub fn meetings(s: &Session, st: &Status) -> String {
             format!("{} meetings running, {} participants.", b.meetings, b.participants)
         }
     };
-    render(Meetings { nav: nav(s, st, "/meetings"), note, groups: groups.into_values().collect() })
+    render(Meetings {
+        nav: nav(s, st, "/meetings"),
+        note,
+        groups: groups.into_values().collect(),
+    })
 }
 
 pub struct UnitOption {
@@ -350,7 +487,13 @@ pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, 
     if let Some(sv) = &st.services {
         units.extend(sv.services.iter().map(|x| x.unit.clone()));
     }
-    let units = units.into_iter().map(|u| UnitOption { selected: u == current, value: u }).collect();
+    let units = units
+        .into_iter()
+        .map(|u| UnitOption {
+            selected: u == current,
+            value: u,
+        })
+        .collect();
     let (rows, error) = match lines {
         Ok(l) => (
             l.into_iter()
@@ -370,7 +513,14 @@ pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, 
         ),
         Err(e) => (vec![], Some(e)),
     };
-    render(Logs { nav: nav(s, st, "/logs"), units, contains: q.contains.clone().unwrap_or_default(), limit: q.limit, rows, error })
+    render(Logs {
+        nav: nav(s, st, "/logs"),
+        units,
+        contains: q.contains.clone().unwrap_or_default(),
+        limit: q.limit,
+        rows,
+        error,
+    })
 }
 
 #[derive(Template)]
@@ -380,7 +530,9 @@ struct Updates {
 }
 
 pub fn updates(s: &Session, st: &Status) -> String {
-    render(Updates { nav: nav(s, st, "/updates") })
+    render(Updates {
+        nav: nav(s, st, "/updates"),
+    })
 }
 
 #[derive(Template)]
@@ -390,7 +542,9 @@ struct Enrollment {
 }
 
 pub fn enrollment(s: &Session, st: &Status) -> String {
-    render(Enrollment { nav: nav(s, st, "/enrollment") })
+    render(Enrollment {
+        nav: nav(s, st, "/enrollment"),
+    })
 }
 
 pub struct AuditRow {
@@ -437,7 +591,10 @@ pub fn audit(s: &Session, st: &Status, entries: &[crate::audit::Entry]) -> Strin
             outcome: e.outcome.clone(),
         })
         .collect();
-    render(Audit { nav: nav(s, st, "/audit"), rows })
+    render(Audit {
+        nav: nav(s, st, "/audit"),
+        rows,
+    })
 }
 
 #[derive(Template)]

@@ -22,7 +22,10 @@ use crate::{AdminState, LogQuery, ServiceAction, Window};
 pub const COOKIE: &str = "appliance_session";
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 pub(crate) fn router(state: AdminState) -> Router {
@@ -91,7 +94,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -129,7 +135,9 @@ impl FromRequestParts<AdminState> for Ctx {
 
     async fn from_request_parts(parts: &mut Parts, st: &AdminState) -> Result<Self, Self::Rejection> {
         let token = cookie_token(&parts.headers);
-        let session = token.as_deref().and_then(|t| crate::state_lock(&st.auth).session(t, now()));
+        let session = token
+            .as_deref()
+            .and_then(|t| crate::state_lock(&st.auth).session(t, now()));
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -137,12 +145,22 @@ impl FromRequestParts<AdminState> for Ctx {
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         // A browser names the page a request came from; a form posted from
         // another site is refused even before the CSRF token is checked.
-        let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let origin_ok = match parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
             None | Some("null") => true,
             Some(o) => o.split_once("://").map(|(_, h)| h) == Some(host),
         };
-        Ok(Ctx { session, token, ip, api: parts.uri.path().starts_with("/api/"), origin_ok })
+        Ok(Ctx {
+            session,
+            token,
+            ip,
+            api: parts.uri.path().starts_with("/api/"),
+            origin_ok,
+        })
     }
 }
 
@@ -152,7 +170,11 @@ fn refuse(ctx: &Ctx, st: &AdminState, status: StatusCode, msg: &str) -> Response
         return (status, Json(serde_json::json!({ "error": msg }))).into_response();
     }
     if status == StatusCode::UNAUTHORIZED {
-        let to = if crate::state_lock(&st.auth).setup_pending() { "/setup" } else { "/login" };
+        let to = if crate::state_lock(&st.auth).setup_pending() {
+            "/setup"
+        } else {
+            "/login"
+        };
         return Redirect::to(to).into_response();
     }
     (status, Html(views::message_page("Not allowed", msg))).into_response()
@@ -161,14 +183,21 @@ fn refuse(ctx: &Ctx, st: &AdminState, status: StatusCode, msg: &str) -> Response
 impl Ctx {
     /// Any logged-in user.
     fn viewer(&self, st: &AdminState) -> Result<Session, Response> {
-        self.session.clone().ok_or_else(|| refuse(self, st, StatusCode::UNAUTHORIZED, "log in first"))
+        self.session
+            .clone()
+            .ok_or_else(|| refuse(self, st, StatusCode::UNAUTHORIZED, "log in first"))
     }
 
     /// The operator, for changes; `csrf` is the token the request carried.
     fn operator(&self, st: &AdminState, csrf: Option<&str>) -> Result<Session, Response> {
         let s = self.viewer(st)?;
         if s.role != Role::Operator {
-            return Err(refuse(self, st, StatusCode::FORBIDDEN, "only the operator may change things"));
+            return Err(refuse(
+                self,
+                st,
+                StatusCode::FORBIDDEN,
+                "only the operator may change things",
+            ));
         }
         self.csrf(st, &s, csrf)?;
         Ok(s)
@@ -176,7 +205,16 @@ impl Ctx {
 
     fn csrf(&self, st: &AdminState, s: &Session, csrf: Option<&str>) -> Result<(), Response> {
         let ok = self.origin_ok && csrf.is_some_and(|c| auth::constant_time_eq(c.as_bytes(), s.csrf.as_bytes()));
-        if ok { Ok(()) } else { Err(refuse(self, st, StatusCode::FORBIDDEN, "missing or wrong CSRF token: reload the page and try again")) }
+        if ok {
+            Ok(())
+        } else {
+            Err(refuse(
+                self,
+                st,
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token: reload the page and try again",
+            ))
+        }
     }
 
     fn audit(&self, st: &AdminState, user: &str, action: &str, target: &str, outcome: &str) {
@@ -212,7 +250,11 @@ async fn healthz(State(st): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(st): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.backend.metrics()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.backend.metrics(),
+    )
+        .into_response()
 }
 
 async fn fallback(ctx: Ctx, State(st): State<AdminState>) -> Response {
@@ -240,7 +282,9 @@ async fn login_page(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<Hash
     if ctx.session.is_some() {
         return Redirect::to("/").into_response();
     }
-    let note = q.contains_key("done").then_some("Setup is done. Log in with the operator or viewer password.");
+    let note = q
+        .contains_key("done")
+        .then_some("Setup is done. Log in with the operator or viewer password.");
     Html(views::login(None, note)).into_response()
 }
 
@@ -258,13 +302,19 @@ async fn login(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<LoginForm>)
         Ok(h) => h,
         Err(e) => {
             ctx.audit(&st, &user, "login", "", &e.to_string());
-            return (StatusCode::TOO_MANY_REQUESTS, Html(views::login(Some(&e.to_string()), None))).into_response();
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                Html(views::login(Some(&e.to_string()), None)),
+            )
+                .into_response();
         }
     };
     let pw = f.password;
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&pw, hash.as_deref().unwrap_or_else(|| dummy_hash())) && hash.is_some())
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || {
+        auth::verify_password(&pw, hash.as_deref().unwrap_or_else(|| dummy_hash())) && hash.is_some()
+    })
+    .await
+    .unwrap_or(false);
     let result = crate::state_lock(&st.auth).finish_login(&user, ctx.ip, ok, now());
     match result {
         Ok((token, _)) => {
@@ -275,7 +325,11 @@ async fn login(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<LoginForm>)
         }
         Err(e) => {
             ctx.audit(&st, &user, "login", "", &e.to_string());
-            let status = if matches!(e, AuthError::Locked(_)) { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::UNAUTHORIZED };
+            let status = if matches!(e, AuthError::Locked(_)) {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
             (status, Html(views::login(Some(&e.to_string()), None))).into_response()
         }
     }
@@ -315,7 +369,9 @@ async fn setup(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<SetupForm>)
         return fail(&e.to_string(), status);
     }
     let (op, vw) = (f.operator, f.viewer);
-    let hashes = tokio::task::spawn_blocking(move || Ok::<_, AuthError>((auth::hash_password(&op)?, auth::hash_password(&vw)?))).await;
+    let hashes =
+        tokio::task::spawn_blocking(move || Ok::<_, AuthError>((auth::hash_password(&op)?, auth::hash_password(&vw)?)))
+            .await;
     let done = match hashes {
         Ok(Ok((a, b))) => crate::state_lock(&st.auth).finish_setup(a, b),
         Ok(Err(e)) => Err(e),
@@ -382,14 +438,30 @@ async fn hardware(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<Window
 
 async fn services_page(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = viewer!(ctx, st);
-    Html(views::services(&s, &st.backend.status(), q.get("msg").map(String::as_str))).into_response()
+    Html(views::services(
+        &s,
+        &st.backend.status(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
 }
 
-async fn service_form(ctx: Ctx, State(st): State<AdminState>, Path((name, action)): Path<(String, String)>, Form(f): Form<CsrfForm>) -> Response {
+async fn service_form(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Path((name, action)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     let s = match ctx.operator(&st, f.csrf.as_deref()) {
         Ok(s) => s,
         Err(r) => {
-            ctx.audit(&st, ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"), &format!("service {action}"), &name, "refused");
+            ctx.audit(
+                &st,
+                ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"),
+                &format!("service {action}"),
+                &name,
+                "refused",
+            );
             return r;
         }
     };
@@ -402,7 +474,9 @@ async fn service_form(ctx: Ctx, State(st): State<AdminState>, Path((name, action
         Err(e) => (e.clone(), e.clone()),
     };
     ctx.audit(&st, &s.user, &format!("service {}", action.as_str()), &name, &outcome);
-    let q: String = form_urlencoded::Serializer::new(String::new()).append_pair("msg", &msg).finish();
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
     Redirect::to(&format!("/services?{q}")).into_response()
 }
 
@@ -460,7 +534,13 @@ async fn audit_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
 
 async fn settings_page(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = viewer!(ctx, st);
-    Html(views::settings(&s, &st.backend.status(), &st.backend.certificate(), q.get("msg").map(String::as_str))).into_response()
+    Html(views::settings(
+        &s,
+        &st.backend.status(),
+        &st.backend.certificate(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
 }
 
 #[derive(Deserialize, Default)]
@@ -478,7 +558,9 @@ async fn change_password(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<P
         Err(r) => return r,
     };
     let back = |msg: &str| {
-        let q: String = form_urlencoded::Serializer::new(String::new()).append_pair("msg", msg).finish();
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("msg", msg)
+            .finish();
         Redirect::to(&format!("/settings?{q}")).into_response()
     };
     if f.account != "operator" && f.account != "viewer" {
@@ -506,7 +588,10 @@ async fn change_password(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<P
             r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
             r
         }
-        Ok(()) => back(&format!("the {} password was changed; its sessions were ended", f.account)),
+        Ok(()) => back(&format!(
+            "the {} password was changed; its sessions were ended",
+            f.account
+        )),
         Err(e) => back(&e.to_string()),
     }
 }
@@ -531,29 +616,49 @@ async fn install_certificate(ctx: Ctx, State(st): State<AdminState>, Form(f): Fo
         Ok(m) => m,
         Err(e) => e,
     };
-    let q: String = form_urlencoded::Serializer::new(String::new()).append_pair("msg", &msg).finish();
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
     Redirect::to(&format!("/settings?{q}")).into_response()
 }
 
 async fn support_bundle(ctx: Ctx, State(st): State<AdminState>) -> Response {
     let s = viewer!(ctx, st);
     if s.role != Role::Operator {
-        return refuse(&ctx, &st, StatusCode::FORBIDDEN, "only the operator may download the support bundle");
+        return refuse(
+            &ctx,
+            &st,
+            StatusCode::FORBIDDEN,
+            "only the operator may download the support bundle",
+        );
     }
     let mut files = st.backend.support_files();
-    let audit: String = st.audit.tail(1000).iter().filter_map(|e| serde_json::to_string(e).ok()).map(|l| l + "\n").collect();
+    let audit: String = st
+        .audit
+        .tail(1000)
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .map(|l| l + "\n")
+        .collect();
     files.push(("audit.jsonl".into(), audit.into_bytes()));
     ctx.audit(&st, &s.user, "download support bundle", "", "ok");
     match crate::bundle::tar_gz(&files) {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, HeaderValue::from_static("application/gzip")),
-                (header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"support-bundle.tar.gz\"")),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"support-bundle.tar.gz\""),
+                ),
             ],
             bytes,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Html(views::message_page("Support bundle failed", &e.to_string()))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html(views::message_page("Support bundle failed", &e.to_string())),
+        )
+            .into_response(),
     }
 }
 
@@ -574,12 +679,23 @@ async fn api_services(ctx: Ctx, State(st): State<AdminState>) -> Response {
     Json(st.backend.status().services).into_response()
 }
 
-async fn api_service_action(ctx: Ctx, State(st): State<AdminState>, Path((name, action)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn api_service_action(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     let s = match ctx.operator(&st, csrf) {
         Ok(s) => s,
         Err(r) => {
-            ctx.audit(&st, ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"), &format!("service {action}"), &name, "refused");
+            ctx.audit(
+                &st,
+                ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"),
+                &format!("service {action}"),
+                &name,
+                "refused",
+            );
             return r;
         }
     };
@@ -591,7 +707,11 @@ async fn api_service_action(ctx: Ctx, State(st): State<AdminState>, Path((name, 
     ctx.audit(&st, &s.user, &format!("service {}", act.as_str()), &name, &outcome);
     match res {
         Ok(m) => Json(serde_json::json!({ "ok": true, "message": m })).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "ok": false, "error": e }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "ok": false, "error": e })),
+        )
+            .into_response(),
     }
 }
 
@@ -659,8 +779,18 @@ mod tests {
         }
         fn status(&self) -> Status {
             Status {
-                node: Node { name: "n".into(), version: "0.1.0".into(), started_at: 0.0, uptime_seconds: 5.0 },
-                hardware: Hardware { profile: "qemu".into(), description: "d".into(), reason: "r".into(), uplink: None },
+                node: Node {
+                    name: "n".into(),
+                    version: "0.1.0".into(),
+                    started_at: 0.0,
+                    uptime_seconds: 5.0,
+                },
+                hardware: Hardware {
+                    profile: "qemu".into(),
+                    description: "d".into(),
+                    reason: "r".into(),
+                    uplink: None,
+                },
                 health: Health::default(),
                 alerts: vec![],
                 sensors: vec![],
@@ -691,7 +821,13 @@ mod tests {
             Err("not in tests".into())
         }
         fn certificate(&self) -> tls::CertInfo {
-            tls::CertInfo { cert_path: "c".into(), key_path: "k".into(), fingerprint_sha256: "AA".into(), not_after: 0, generated: true }
+            tls::CertInfo {
+                cert_path: "c".into(),
+                key_path: "k".into(),
+                fingerprint_sha256: "AA".into(),
+                not_after: 0,
+                generated: true,
+            }
         }
     }
 
@@ -711,16 +847,38 @@ mod tests {
         if setup_done {
             let code = a.setup_code().unwrap().to_string();
             a.check_setup(&code, OP, VIEW, 0.0).unwrap();
-            a.finish_setup(auth::hash_password(OP).unwrap(), auth::hash_password(VIEW).unwrap()).unwrap();
+            a.finish_setup(auth::hash_password(OP).unwrap(), auth::hash_password(VIEW).unwrap())
+                .unwrap();
         }
         let auth = Arc::new(Mutex::new(a));
-        let backend = Arc::new(Fake { actions: Mutex::new(vec![]) });
-        let state = AdminState { backend: backend.clone(), auth: auth.clone(), audit: Arc::new(AuditLog::open(dir.path())) };
-        App { router: router(state), auth, backend, _dir: dir }
+        let backend = Arc::new(Fake {
+            actions: Mutex::new(vec![]),
+        });
+        let state = AdminState {
+            backend: backend.clone(),
+            auth: auth.clone(),
+            audit: Arc::new(AuditLog::open(dir.path())),
+        };
+        App {
+            router: router(state),
+            auth,
+            backend,
+            _dir: dir,
+        }
     }
 
-    async fn send(app: &App, method: &str, uri: &str, cookie: Option<&str>, body: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
-        let mut b = Request::builder().method(method).uri(uri).header(header::HOST, "node:8443");
+    async fn send(
+        app: &App,
+        method: &str,
+        uri: &str,
+        cookie: Option<&str>,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "node:8443");
         if let Some(c) = cookie {
             b = b.header(header::COOKIE, format!("{COOKIE}={c}"));
         }
@@ -730,7 +888,12 @@ mod tests {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let res = app.router.clone().oneshot(b.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let res = app
+            .router
+            .clone()
+            .oneshot(b.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
         let status = res.status();
         let headers = res.headers().clone();
         let body = String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned();
@@ -738,7 +901,12 @@ mod tests {
     }
 
     fn login_as(app: &App, user: &str) -> (String, String) {
-        let (tok, s) = app.auth.lock().unwrap().finish_login(user, IpAddr::from([127, 0, 0, 1]), true, now()).unwrap();
+        let (tok, s) = app
+            .auth
+            .lock()
+            .unwrap()
+            .finish_login(user, IpAddr::from([127, 0, 0, 1]), true, now())
+            .unwrap();
         (tok, s.csrf)
     }
 
@@ -758,12 +926,21 @@ mod tests {
             assert_eq!(send(&app, "GET", path, None, "", &[]).await.0, StatusCode::OK, "{path}");
         }
         // A made-up or expired cookie is no session.
-        assert_eq!(send(&app, "GET", "/api/v1/status", Some("deadbeef"), "", &[]).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            send(&app, "GET", "/api/v1/status", Some("deadbeef"), "", &[]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
         // Before setup, pages lead to the setup page instead.
         let fresh = self::app(false);
         let (status, headers, _) = send(&fresh, "GET", "/", None, "", &[]).await;
-        assert_eq!((status, headers.get(header::LOCATION).unwrap().to_str().unwrap()), (StatusCode::SEE_OTHER, "/setup"));
-        assert_eq!(send(&fresh, "GET", "/login", None, "", &[]).await.0, StatusCode::SEE_OTHER);
+        assert_eq!(
+            (status, headers.get(header::LOCATION).unwrap().to_str().unwrap()),
+            (StatusCode::SEE_OTHER, "/setup")
+        );
+        assert_eq!(
+            send(&fresh, "GET", "/login", None, "", &[]).await.0,
+            StatusCode::SEE_OTHER
+        );
     }
 
     #[tokio::test]
@@ -774,7 +951,15 @@ mod tests {
             let (status, _, _) = if *method == "GET" {
                 send(&app, method, path, Some(&tok), "", &[]).await
             } else {
-                send(&app, method, path, Some(&tok), &format!("csrf={csrf}"), &[("x-csrf-token", &csrf)]).await
+                send(
+                    &app,
+                    method,
+                    path,
+                    Some(&tok),
+                    &format!("csrf={csrf}"),
+                    &[("x-csrf-token", &csrf)],
+                )
+                .await
             };
             let changes = *method == "POST" && *path != "/logout";
             let want = if changes || *path == "/support-bundle" {
@@ -791,7 +976,10 @@ mod tests {
                 break; // the session is gone after this one
             }
         }
-        assert!(app.backend.actions.lock().unwrap().is_empty(), "nothing was done for the viewer");
+        assert!(
+            app.backend.actions.lock().unwrap().is_empty(),
+            "nothing was done for the viewer"
+        );
         // The services page offers the viewer no buttons.
         let (tok, _) = login_as(&app, "viewer");
         let (_, _, body) = send(&app, "GET", "/services", Some(&tok), "", &[]).await;
@@ -809,15 +997,46 @@ mod tests {
         assert_eq!(status, StatusCode::FORBIDDEN, "no token");
         let (status, _, _) = send(&app, "POST", "/services/nginx/restart", Some(&tok), "csrf=0000", &[]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "wrong token");
-        let (status, _, _) = send(&app, "POST", "/services/nginx/restart", Some(&tok), &format!("csrf={csrf}"), &[("origin", "https://evil.example")]).await;
+        let (status, _, _) = send(
+            &app,
+            "POST",
+            "/services/nginx/restart",
+            Some(&tok),
+            &format!("csrf={csrf}"),
+            &[("origin", "https://evil.example")],
+        )
+        .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "foreign origin");
         let (status, _, _) = send(&app, "POST", "/api/v1/services/nginx/restart", Some(&tok), "", &[]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "API without header");
         assert!(app.backend.actions.lock().unwrap().is_empty());
-        let (status, headers, _) = send(&app, "POST", "/services/nginx/restart", Some(&tok), &format!("csrf={csrf}"), &[("origin", "https://node:8443")]).await;
+        let (status, headers, _) = send(
+            &app,
+            "POST",
+            "/services/nginx/restart",
+            Some(&tok),
+            &format!("csrf={csrf}"),
+            &[("origin", "https://node:8443")],
+        )
+        .await;
         assert_eq!(status, StatusCode::SEE_OTHER);
-        assert!(headers.get(header::LOCATION).unwrap().to_str().unwrap().starts_with("/services?msg=restart+nginx"));
-        let (status, _, body) = send(&app, "POST", "/api/v1/services/nginx/reset", Some(&tok), "", &[("x-csrf-token", &csrf)]).await;
+        assert!(
+            headers
+                .get(header::LOCATION)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("/services?msg=restart+nginx")
+        );
+        let (status, _, body) = send(
+            &app,
+            "POST",
+            "/api/v1/services/nginx/reset",
+            Some(&tok),
+            "",
+            &[("x-csrf-token", &csrf)],
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(*app.backend.actions.lock().unwrap(), ["restart nginx", "reset nginx"]);
     }
@@ -826,7 +1045,15 @@ mod tests {
     async fn ten_wrong_passwords_lock_the_account() {
         let app = app(true);
         for i in 1..=10 {
-            let (status, _, body) = send(&app, "POST", "/login", None, "user=operator&password=wrong-guess-123", &[]).await;
+            let (status, _, body) = send(
+                &app,
+                "POST",
+                "/login",
+                None,
+                "user=operator&password=wrong-guess-123",
+                &[],
+            )
+            .await;
             if i < 10 {
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "try {i}");
                 assert!(body.contains("wrong user name or password"));
@@ -835,10 +1062,30 @@ mod tests {
                 assert!(body.contains("locked for 15 more minutes"), "{body}");
             }
         }
-        let (status, headers, _) = send(&app, "POST", "/login", None, &format!("user=operator&password={OP}"), &[]).await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the right password is refused while locked");
+        let (status, headers, _) = send(
+            &app,
+            "POST",
+            "/login",
+            None,
+            &format!("user=operator&password={OP}"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the right password is refused while locked"
+        );
         assert!(headers.get(header::SET_COOKIE).is_none());
-        let (status, headers, _) = send(&app, "POST", "/login", None, &format!("user=viewer&password={}", VIEW.replace(' ', "+")), &[]).await;
+        let (status, headers, _) = send(
+            &app,
+            "POST",
+            "/login",
+            None,
+            &format!("user=viewer&password={}", VIEW.replace(' ', "+")),
+            &[],
+        )
+        .await;
         assert_eq!(status, StatusCode::SEE_OTHER, "the other account still works");
         let cookie = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
         for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {

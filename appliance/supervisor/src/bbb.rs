@@ -37,6 +37,7 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
                     participants,
                     last_ok: Some(unix_now()),
                     error: None,
+                    list,
                 };
                 last_running = Some((tokio::time::Instant::now(), meetings > 0));
             }
@@ -82,8 +83,13 @@ pub fn views(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<Meeti
     meetings
         .iter()
         .map(|m| {
-            let parent = m.parent_meeting_id.as_ref().and_then(|p| meetings.iter().find(|x| &x.internal_meeting_id == p));
-            let member = member_of(m).or_else(|| parent.and_then(member_of)).unwrap_or_else(|| "unassigned".into());
+            let parent = m
+                .parent_meeting_id
+                .as_ref()
+                .and_then(|p| meetings.iter().find(|x| &x.internal_meeting_id == p));
+            let member = member_of(m)
+                .or_else(|| parent.and_then(member_of))
+                .unwrap_or_else(|| "unassigned".into());
             MeetingView {
                 id: m.meeting_id.clone(),
                 name: m.name.clone(),

@@ -6,6 +6,8 @@
 //! group can connect. Endpoints:
 //! - `GET /v1/status`: the status document as JSON.
 //! - `GET /v1/services`: the recipe's services as JSON.
+//! - `GET /v1/console`: what the console screen shows, setup code included
+//!   (which is why this socket is for root and the service group only).
 //! - `POST /v1/services/{name}/restart`, `POST /v1/services/{name}/reset`:
 //!   operator commands; the answer is a sentence.
 
@@ -14,7 +16,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use appliance_services::runtime::Command;
+use appliance_admin::ServiceAction;
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -22,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 
 use crate::state::Shared;
 
@@ -30,6 +31,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/services", get(services))
+        .route("/v1/console", get(console))
         .route("/v1/services/{name}/{action}", post(service_command))
         .with_state(shared)
 }
@@ -46,13 +48,9 @@ async fn services(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlPath<(String, String)>) -> Response {
-    let Some(tx) = s.service_commands.clone() else {
-        return (StatusCode::NOT_FOUND, "no recipe is configured ([services] recipe)\n").into_response();
-    };
-    let (reply, rx) = oneshot::channel();
-    let cmd = match action.as_str() {
-        "restart" => Command::Restart { name, reply },
-        "reset" => Command::Reset { name, reply },
+    let act = match action.as_str() {
+        "restart" => ServiceAction::Restart,
+        "reset" => ServiceAction::Reset,
         other => {
             return (
                 StatusCode::NOT_FOUND,
@@ -61,14 +59,44 @@ async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): 
                 .into_response();
         }
     };
-    if tx.send(cmd).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the service runtime is not running\n").into_response();
+    let res = crate::backend::service_action(&s, name.clone(), act).await;
+    // Who: whoever may open the socket (root or the service's group).
+    s.audit.record(&appliance_admin::audit::Entry {
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        user: "local (control socket)".into(),
+        from: "this node".into(),
+        action: format!("service {action}"),
+        target: name,
+        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
+    });
+    match res {
+        Ok(msg) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Err(msg) if msg.contains("not running") || msg.contains("stopped") => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n")).into_response()
+        }
+        Err(msg) if msg.contains("no recipe") => (StatusCode::NOT_FOUND, format!("{msg}\n")).into_response(),
+        Err(msg) => (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
     }
-    match rx.await {
-        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")).into_response(),
-        Ok(Err(msg)) => (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the service runtime stopped\n").into_response(),
-    }
+}
+
+/// What the console shows, for `appliance console`.
+async fn console(State(s): State<Arc<Shared>>) -> axum::Json<crate::console::Info> {
+    let st = s.status();
+    let cert = crate::state::lock(&s.cert).clone();
+    axum::Json(crate::console::Info {
+        node: st.node.name,
+        version: st.node.version,
+        health: st.health.status.as_str().to_string(),
+        summary: st.health.summary,
+        fingerprint: cert.fingerprint_sha256,
+        setup_code: crate::state::lock(&s.auth).setup_code().map(str::to_string),
+        enrollment: "not enrolled with global ops".into(),
+        admin_port: s.admin_port.port(),
+        admin_ip: Some(s.admin_port.ip()).filter(|ip| !ip.is_unspecified()),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,11 @@
 //! metrics exposition and the local control socket. The binary in
 //! `main.rs` only parses arguments and maps errors to exit codes.
 
+pub mod backend;
 pub mod bbb;
+pub mod certs;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod firstboot;
 pub mod logging;

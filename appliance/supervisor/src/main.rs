@@ -48,6 +48,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The console screen for tty1 and the serial port: node, firmware,
+    /// addresses, admin URL, certificate fingerprint, setup code, health.
+    /// Redraws when something changes.
+    Console {
+        /// Print the screen once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// First-boot duties, run as root before BBB starts: replace BBB's
     /// default shared secret and write it where the supervisor reads it.
     Firstboot,
@@ -87,6 +95,7 @@ fn main() -> ExitCode {
         } => hw_detect(&cfg),
         Command::Services { command, json } => services(&cfg.control_socket(), command, json),
         Command::Firstboot => firstboot(&cfg),
+        Command::Console { once } => console(&cfg, once),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +151,43 @@ fn path_segment(s: &str) -> String {
             }
         })
         .collect()
+}
+
+fn console(cfg: &Config, once: bool) -> anyhow::Result<()> {
+    use appliance_supervisor::console;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let socket = cfg.control_socket();
+    let screen = || {
+        let info = rt.block_on(control::get_body(&socket, "/v1/console"));
+        let (info, err) = match info {
+            Ok(body) => (serde_json::from_slice::<console::Info>(&body).ok(), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let ifaces = console::interfaces(&cfg.monitor.sysfs_root);
+        console::render(
+            info.as_ref(),
+            &cfg.node_name(),
+            env!("CARGO_PKG_VERSION"),
+            &ifaces,
+            err.as_deref(),
+        )
+    };
+    if once {
+        print!("{}", screen());
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        let s = screen();
+        if s != last {
+            // Clear the screen and draw from the top left.
+            print!("\x1b[H\x1b[2J{s}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            last = s;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 fn firstboot(cfg: &Config) -> anyhow::Result<()> {

@@ -19,25 +19,11 @@ use appliance_monitor::collector::Collector;
 use appliance_monitor::{Alerts, History, Roots, Severity, Snapshot, StatVfs, profile, sysfs};
 
 use crate::config::Config;
+use crate::control;
 use crate::state::{Identity, Live, Shared, lock};
-use crate::{control, metrics};
 
 const HISTORY_FILE: &str = "history.bin";
 const HISTORY_MAX_SERIES: usize = 256;
-
-struct Backend(Arc<Shared>);
-
-impl appliance_admin::Backend for Backend {
-    fn metrics(&self) -> String {
-        metrics::render(&self.0.status(), metrics::ProcessStats::current())
-    }
-    fn alive(&self) -> bool {
-        self.0.alive()
-    }
-    fn status(&self) -> appliance_admin::Status {
-        self.0.status()
-    }
-}
 
 pub fn run(cfg: Config) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -87,6 +73,16 @@ pub fn run(cfg: Config) -> Result<()> {
     let socket_path = cfg.control_socket();
     let control_listener = runtime.block_on(async { control::bind(&socket_path) })?;
 
+    let auth = appliance_admin::auth::Auth::open(&state_dir.join("admin")).context("admin accounts")?;
+    if auth.setup_pending() {
+        // The code itself is shown on the console only, never logged.
+        log::info!("admin page setup is pending: use the setup code shown by `appliance console`");
+    }
+    let audit = appliance_admin::audit::AuditLog::open(&state_dir.join("admin"));
+    let tls = runtime
+        .block_on(appliance_admin::tls_config(&cert))
+        .context("admin TLS certificate")?;
+
     let mut collector = Collector::new(
         Roots {
             sys: cfg.monitor.sysfs_root.clone(),
@@ -104,7 +100,6 @@ pub fn run(cfg: Config) -> Result<()> {
             started,
             profile: hw,
             detection,
-            cert_fingerprint: cert.fingerprint_sha256.clone(),
         },
         live: std::sync::Mutex::new(Live::default()),
         history: std::sync::Mutex::new(history),
@@ -112,6 +107,13 @@ pub fn run(cfg: Config) -> Result<()> {
         services: std::sync::Mutex::new(None),
         service_commands: cfg.recipe.is_some().then_some(command_tx),
         bbb: std::sync::Mutex::new(None),
+        config_path: cfg.path.clone(),
+        state_dir: state_dir.clone(),
+        cert: std::sync::Mutex::new(cert),
+        tls: std::sync::Mutex::new(Some(tls)),
+        auth: Arc::new(std::sync::Mutex::new(auth)),
+        audit: Arc::new(audit),
+        admin_port: cfg.admin.listen,
     });
 
     let mut sampler = Sampler::new(shared.clone(), cfg.clone());
@@ -126,13 +128,7 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg: cfg.clone(),
         commands: command_rx,
     };
-    let result = runtime.block_on(serve(
-        shared.clone(),
-        admin_listener,
-        control_listener,
-        cert,
-        background,
-    ));
+    let result = runtime.block_on(serve(shared.clone(), admin_listener, control_listener, background));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(stop_tx);
     let _ = sampler_thread.join();
@@ -239,7 +235,6 @@ async fn serve(
     shared: Arc<Shared>,
     admin_listener: std::net::TcpListener,
     control_listener: tokio::net::UnixListener,
-    cert: appliance_admin::tls::CertInfo,
     background: Background,
 ) -> Result<()> {
     background.spawn(shared.clone());
@@ -248,10 +243,30 @@ async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let admin = appliance_admin::router(Arc::new(Backend(shared.clone())));
+    let admin = appliance_admin::router(appliance_admin::AdminState {
+        backend: Arc::new(crate::backend::Backend(shared.clone())),
+        auth: shared.auth.clone(),
+        audit: shared.audit.clone(),
+    });
+    let tls = lock(&shared.tls).clone().expect("TLS config set at start");
     let admin_task = tokio::spawn({
         let rx = shutdown_rx.clone();
-        async move { appliance_admin::serve(admin_listener, &cert, admin, wait(rx)).await }
+        async move { appliance_admin::serve(admin_listener, tls, admin, wait(rx)).await }
+    });
+    // Expired sessions and old failure counts are dropped now and then.
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let mut t = tokio::time::interval(Duration::from_secs(300));
+            loop {
+                t.tick().await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                lock(&shared.auth).sweep(now);
+            }
+        }
     });
     let control_task = tokio::spawn({
         let rx = shutdown_rx.clone();

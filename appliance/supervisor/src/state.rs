@@ -9,6 +9,12 @@ use appliance_api::{BbbStatus, Hardware, Node, Sensor, ServicesStatus, Status};
 use appliance_monitor::health::temperature_thresholds;
 use appliance_monitor::{Alert, Detection, Health, History, HwProfile, Severity, Snapshot};
 use appliance_services::runtime::Command;
+use std::path::PathBuf;
+
+use appliance_admin::audit::AuditLog;
+use appliance_admin::auth::Auth;
+use appliance_admin::tls::CertInfo;
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::mpsc;
 
 /// Facts fixed for the life of the process.
@@ -20,7 +26,6 @@ pub struct Identity {
     pub started: Instant,
     pub profile: HwProfile,
     pub detection: Detection,
-    pub cert_fingerprint: String,
 }
 
 /// What changes every sample.
@@ -46,6 +51,15 @@ pub struct Shared {
     pub service_commands: Option<mpsc::Sender<Command>>,
     /// Published by the BBB poller; `None` without `[bbb]`.
     pub bbb: Mutex<Option<BbbStatus>>,
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    /// The admin certificate in use, and the live TLS config to swap it.
+    pub cert: Mutex<CertInfo>,
+    pub tls: Mutex<Option<RustlsConfig>>,
+    pub auth: Arc<Mutex<Auth>>,
+    pub audit: Arc<AuditLog>,
+    /// The admin page's address, for the URL on the console.
+    pub admin_port: std::net::SocketAddr,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data
