@@ -12,6 +12,7 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 pub mod tls;
+pub mod webdriver;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -105,6 +105,22 @@ pub fn https_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response, String> {
+    let (head, raw) = https_raw(addr, method, path, pin, headers, body)?;
+    Ok(Response {
+        body: String::from_utf8_lossy(&raw).into_owned(),
+        ..head
+    })
+}
+
+/// Like [`https_request`], with the body as raw bytes (for downloads).
+pub fn https_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    pin: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(Response, Vec<u8>), String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -138,11 +154,20 @@ pub fn https_request(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
         Err(e) => return Err(e.to_string()),
     }
-    parse_response(&buf)
+    parse_raw(&buf)
 }
 
 /// Parses an HTTP/1.1 response read to the end of the connection.
 pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
+    let (head, raw) = parse_raw(buf)?;
+    Ok(Response {
+        body: String::from_utf8_lossy(&raw).into_owned(),
+        ..head
+    })
+}
+
+/// Headers and status in the response (body empty), and the raw body.
+pub fn parse_raw(buf: &[u8]) -> Result<(Response, Vec<u8>), String> {
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -168,11 +193,14 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
     if chunked {
         raw_body = dechunk(&raw_body)?;
     }
-    Ok(Response {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&raw_body).into_owned(),
-    })
+    Ok((
+        Response {
+            status,
+            headers,
+            body: String::new(),
+        },
+        raw_body,
+    ))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {

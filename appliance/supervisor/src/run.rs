@@ -191,8 +191,30 @@ async fn run_services(
                     warn: None,
                     critical: None,
                 };
+                // The recipe's services are still listed, in an unknown state,
+                // so the pages show what is not being watched.
+                let services = recipe
+                    .services
+                    .iter()
+                    .map(|x| appliance_services::runtime::ServiceView {
+                        name: x.name.clone(),
+                        unit: x.unit.clone(),
+                        core: x.core,
+                        load_state: "unknown".into(),
+                        active_state: "unknown".into(),
+                        sub_state: "unknown".into(),
+                        up: false,
+                        state: "unknown".into(),
+                        detail: Some("systemd cannot be reached".into()),
+                        restarts: 0,
+                        systemd_restarts: 0,
+                        last_failure: None,
+                        checks: vec![],
+                    })
+                    .collect();
                 *lock(&shared.services) = Some(ServicesStatus {
                     recipe: recipe.name.clone(),
+                    services,
                     error: Some(e.to_string()),
                     alerts: vec![alert],
                     ..ServicesStatus::default()
