@@ -199,6 +199,34 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
     assert_eq!(vm.prop("appliance.service", "ActiveState"), "active");
     assert_eq!(vm.prop("appliance.service", "User"), "appliance");
 
+    // The console screen, on the serial port in place of a login prompt,
+    // shows the admin URL, the certificate fingerprint and the setup code.
+    let screen = vm.run("appliance console --once");
+    let setup_code = screen
+        .lines()
+        .find_map(|l| l.strip_prefix("Setup code   "))
+        .expect("setup code")
+        .to_string();
+    let fp_start = screen
+        .lines()
+        .skip_while(|l| !l.starts_with("Certificate"))
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_for("the console screen on the serial port", T, || {
+        let log = std::fs::read_to_string(&vm.console).unwrap_or_default();
+        if log.contains(&format!("Setup code   {setup_code}"))
+            && log.contains(&fp_start)
+            && log.contains("Admin page   https://10.0.2.15:8443/")
+        {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    assert_eq!(vm.prop("appliance-console@ttyS0.service", "ActiveState"), "active");
+
     // Every lab service comes up healthy, the bbb check included (which
     // needs the secret appliance-firstboot made for this box).
     let s = wait_for("all lab services up", Duration::from_secs(120), || {
@@ -415,5 +443,40 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
         metric(&m, "appliance_service_restarts_total{service=\"lab-freeswitch\"}"),
         Some(2.0)
     );
+
+    // The admin page: setup with the console's code, then a unit's journal
+    // through the Logs API (the supervisor reads it as group systemd-journal).
+    let form = format!(
+        "code={setup_code}&operator=Operator-pass-1234&operator2=Operator-pass-1234&viewer=Viewer-pass-5678&viewer2=Viewer-pass-5678"
+    );
+    let ct = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = tls::https_request(addr, "POST", "/setup", None, &ct, &form).unwrap();
+    assert_eq!((r.status, r.header("location")), (303, Some("/login?done=1")));
+    let r = tls::https_request(
+        addr,
+        "POST",
+        "/login",
+        None,
+        &ct,
+        "user=operator&password=Operator-pass-1234",
+    )
+    .unwrap();
+    assert_eq!(r.status, 303);
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let r = tls::https_request(
+        addr,
+        "GET",
+        "/api/v1/logs?unit=nginx.service&limit=50",
+        None,
+        &[("Cookie", &cookie)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(!lines.as_array().unwrap().is_empty(), "nginx's journal: {}", r.body);
+    assert!(lines.as_array().unwrap().iter().all(|l| l["unit"] == "nginx.service"));
+    let screen = vm.run("appliance console --once");
+    assert!(screen.contains("Setup        done") && !screen.contains(&setup_code));
     eprintln!("VM: whole scenario in {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -102,6 +102,12 @@ CONF
     install -m 0644 "$REPO_ROOT/image/units/appliance.service" "$ROOT/lib/systemd/system/appliance.service"
     enable_units appliance.service
 
+    # The console screen replaces the login prompt on tty1 and the serial
+    # port (the lab image is entered with SSH).
+    install -m 0644 "$REPO_ROOT/image/units/appliance-console@.service" "$ROOT/lib/systemd/system/appliance-console@.service"
+    in_root systemctl enable appliance-console@tty1.service appliance-console@ttyS0.service
+    in_root systemctl mask getty@tty1.service serial-getty@ttyS0.service
+
     # Polkit: the supervisor may start/stop/restart/reset-failed the recipe's
     # units and nothing else (the rule's own comments say more).
     install -d -m 0755 "$ROOT/etc/polkit-1/rules.d"
