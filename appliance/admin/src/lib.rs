@@ -123,6 +123,19 @@ pub struct AdminState {
     pub backend: Arc<dyn Backend>,
     pub auth: Arc<Mutex<auth::Auth>>,
     pub audit: Arc<audit::AuditLog>,
+    /// The last serialised `/api/v1/status` and when it was made.
+    pub status_cache: Arc<Mutex<Option<(std::time::Instant, axum::body::Bytes)>>>,
+}
+
+impl AdminState {
+    pub fn new(backend: Arc<dyn Backend>, auth: Arc<Mutex<auth::Auth>>, audit: Arc<audit::AuditLog>) -> AdminState {
+        AdminState {
+            backend,
+            auth,
+            audit,
+            status_cache: Arc::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminState {

@@ -669,9 +669,24 @@ async fn api_session(ctx: Ctx, State(st): State<AdminState>) -> Response {
     Json(serde_json::json!({ "user": s.user, "role": s.role, "csrf": s.csrf })).into_response()
 }
 
+/// How long a serialised status is reused: the figures change once per
+/// sample (a second), and dashboards poll this route hard.
+const STATUS_CACHE: std::time::Duration = std::time::Duration::from_millis(250);
+
 async fn api_status(ctx: Ctx, State(st): State<AdminState>) -> Response {
     viewer!(ctx, st);
-    Json(st.backend.status()).into_response()
+    let body = {
+        let mut cache = crate::state_lock(&st.status_cache);
+        match cache.as_ref() {
+            Some((at, b)) if at.elapsed() < STATUS_CACHE => b.clone(),
+            _ => {
+                let b = axum::body::Bytes::from(serde_json::to_vec(&st.backend.status()).unwrap_or_default());
+                *cache = Some((std::time::Instant::now(), b.clone()));
+                b
+            }
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn api_services(ctx: Ctx, State(st): State<AdminState>) -> Response {

@@ -265,11 +265,11 @@ async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let admin = appliance_admin::router(appliance_admin::AdminState {
-        backend: Arc::new(crate::backend::Backend(shared.clone())),
-        auth: shared.auth.clone(),
-        audit: shared.audit.clone(),
-    });
+    let admin = appliance_admin::router(appliance_admin::AdminState::new(
+        Arc::new(crate::backend::Backend(shared.clone())),
+        shared.auth.clone(),
+        shared.audit.clone(),
+    ));
     let tls = lock(&shared.tls).clone().expect("TLS config set at start");
     let admin_task = tokio::spawn({
         let rx = shutdown_rx.clone();
