@@ -180,6 +180,9 @@ fn refuse(ctx: &Ctx, st: &AdminState, status: StatusCode, msg: &str) -> Response
     (status, Html(views::message_page("Not allowed", msg))).into_response()
 }
 
+// A refusal is a whole response, made at most once per request; boxing it
+// would only add an allocation to the path that answers.
+#[allow(clippy::result_large_err)]
 impl Ctx {
     /// Any logged-in user.
     fn viewer(&self, st: &AdminState) -> Result<Session, Response> {
@@ -869,11 +872,7 @@ mod tests {
         let backend = Arc::new(Fake {
             actions: Mutex::new(vec![]),
         });
-        let state = AdminState {
-            backend: backend.clone(),
-            auth: auth.clone(),
-            audit: Arc::new(AuditLog::open(dir.path())),
-        };
+        let state = AdminState::new(backend.clone(), auth.clone(), Arc::new(AuditLog::open(dir.path())));
         App {
             router: router(state),
             auth,
