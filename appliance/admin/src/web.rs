@@ -924,6 +924,30 @@ mod tests {
         (tok, s.csrf)
     }
 
+    /// ROUTES, which the tests walk, must name every route of the router:
+    /// a route added without adding it there would go untested.
+    #[test]
+    fn routes_list_covers_the_router() {
+        let src = include_str!("web.rs");
+        let body = &src[src.find("pub(crate) fn router").unwrap()..src.find("/// The list of routes").unwrap()];
+        let mut n = 0;
+        for part in body.split(".route(\"").skip(1) {
+            let path = &part[..part.find('"').unwrap()];
+            n += 1;
+            if ["/healthz", "/metrics", "/login", "/setup"].contains(&path) {
+                continue;
+            }
+            let concrete = path.replace("{name}", "nginx").replace("{action}", "restart");
+            assert!(
+                ROUTES
+                    .iter()
+                    .any(|(_, p)| p.split('?').next() == Some(concrete.as_str())),
+                "{path} is missing from ROUTES"
+            );
+        }
+        assert!(n >= 25, "found {n} routes");
+    }
+
     #[tokio::test]
     async fn every_route_needs_a_session_but_the_public_ones() {
         let app = app(true);
