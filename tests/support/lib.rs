@@ -140,8 +140,18 @@ impl Supervisor {
 
     /// Like [`Supervisor::start`], with extra environment variables.
     pub fn start_env(setup: Setup<'_>, env: &[(&str, &str)]) -> Supervisor {
+        Self::start_full(setup, env, None)
+    }
+
+    /// Like [`Supervisor::start`], with the state dir where the test says
+    /// (e.g. on a small filesystem of its own).
+    pub fn start_in(setup: Setup<'_>, state_dir: &Path) -> Supervisor {
+        Self::start_full(setup, &[], Some(state_dir))
+    }
+
+    fn start_full(setup: Setup<'_>, env: &[(&str, &str)], state: Option<&Path>) -> Supervisor {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let state_dir = dir.path().join("state");
+        let state_dir = state.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("state"));
         let port = free_port();
         let config = dir.path().join("appliance.toml");
         let text = format!(
@@ -260,6 +270,29 @@ impl Supervisor {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Kills the supervisor with SIGKILL, as a power cut or the OOM killer would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the supervisor again on the same config and state dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let again = Supervisor::start_with(
+            self.config.clone(),
+            self.state_dir.clone(),
+            self.addr,
+            self._dir.clone(),
+        );
+        let mut again = again;
+        self.child = again.child.take();
+        self.log = again.log.clone();
+        drop(again); // its child is ours now; dropping it kills nothing
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.

@@ -17,7 +17,7 @@
 //! never reads sensors, systemd or the supervisor's files itself.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod graph;
-pub mod tls;
+pub use appliance_certs as tls;
 mod views;
 mod web;
 
@@ -56,6 +56,8 @@ pub trait Backend: Send + Sync + 'static {
     fn logs(&self, query: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, String>>;
     /// Files for the support bundle, already free of secrets.
     fn support_files(&self) -> Vec<(String, Vec<u8>)>;
+    /// Enrolls the node with global ops (a token from `appliance-ops token create`).
+    fn enroll(&self, ops: String, token: String) -> BoxFuture<'_, Result<String, String>>;
     /// Installs an operator's certificate and key (PEM) for the admin page.
     fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, String>;
     /// Fingerprint and expiry of the admin certificate in use.
@@ -104,17 +106,10 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("certificate {}: {what}", path.display())]
     Certificate { path: PathBuf, what: String },
+    #[error(transparent)]
+    Certs(#[from] appliance_certs::Error),
     #[error("admin server on {addr}: {source}")]
     Serve { addr: String, source: std::io::Error },
-}
-
-impl Error {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
 }
 
 /// What every handler shares.

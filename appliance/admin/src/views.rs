@@ -210,7 +210,10 @@ pub fn overview(s: &Session, st: &Status) -> String {
         meetings,
         services,
         failing,
-        enrollment: "Not enrolled with global ops yet.".into(),
+        enrollment: match &st.enrollment {
+            Some(e) => format!("Enrolled with {} as {}.", e.ops, e.node),
+            None => "Not enrolled with global ops yet.".into(),
+        },
         updates: format!(
             "Firmware {}. Automatic updates are not set up on this node yet.",
             st.node.version
@@ -537,13 +540,51 @@ pub fn updates(s: &Session, st: &Status) -> String {
 
 #[derive(Template)]
 #[template(path = "enrollment.html")]
-struct Enrollment {
+struct Enrollment<'a> {
     nav: Nav,
+    state: String,
+    reports: String,
+    enrolled: bool,
+    msg: Option<&'a str>,
 }
 
-pub fn enrollment(s: &Session, st: &Status) -> String {
+pub fn enrollment(s: &Session, st: &Status, msg: Option<&str>) -> String {
+    let (state, enrolled) = match &st.enrollment {
+        Some(e) => (
+            format!(
+                "Enrolled with {} as node {} ({}) since {}.",
+                e.ops,
+                e.node,
+                e.node_id,
+                datetime(e.since)
+            ),
+            true,
+        ),
+        None => ("Not enrolled with global ops yet.".to_string(), false),
+    };
+    let reports = match &st.reports {
+        None => "Usage accounting is not available on this node.".to_string(),
+        Some(r) => {
+            let last = r.last_success.map(datetime).unwrap_or_else(|| "never".into());
+            let mut t = format!(
+                "{} usage reports waiting to be sent; last acknowledged by ops: {last}.",
+                r.queued
+            );
+            if let Some(e) = &r.send_error {
+                t.push_str(&format!(" Last delivery problem: {e}."));
+            }
+            if let Some(e) = &r.write_error {
+                t.push_str(&format!(" Reports cannot be written: {e}."));
+            }
+            t
+        }
+    };
     render(Enrollment {
         nav: nav(s, st, "/enrollment"),
+        state,
+        reports,
+        enrolled,
+        msg,
     })
 }
 

@@ -42,7 +42,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/meetings", get(meetings_page))
         .route("/logs", get(logs_page))
         .route("/updates", get(updates_page))
-        .route("/enrollment", get(enrollment_page))
+        .route("/enrollment", get(enrollment_page).post(enroll))
         .route("/audit", get(audit_page))
         .route("/settings", get(settings_page))
         .route("/settings/password", post(change_password))
@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/logs"),
     ("GET", "/updates"),
     ("GET", "/enrollment"),
+    ("POST", "/enrollment"),
     ("GET", "/audit"),
     ("GET", "/settings"),
     ("POST", "/settings/password"),
@@ -525,9 +526,41 @@ async fn updates_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
     Html(views::updates(&s, &st.backend.status())).into_response()
 }
 
-async fn enrollment_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
+async fn enrollment_page(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = viewer!(ctx, st);
-    Html(views::enrollment(&s, &st.backend.status())).into_response()
+    Html(views::enrollment(
+        &s,
+        &st.backend.status(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct EnrollForm {
+    csrf: Option<String>,
+    ops: String,
+    token: String,
+}
+
+async fn enroll(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<EnrollForm>) -> Response {
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let res = st.backend.enroll(f.ops.clone(), f.token).await;
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone());
+    // The token is a secret: only the ops URL goes into the audit log.
+    ctx.audit(&st, &s.user, "enroll", &f.ops, &outcome);
+    let msg = match res {
+        Ok(m) => m,
+        Err(e) => e,
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
+    Redirect::to(&format!("/enrollment?{q}")).into_response()
 }
 
 async fn audit_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
@@ -815,6 +848,8 @@ mod tests {
                 monitor: None,
                 services: None,
                 bbb: None,
+                enrollment: None,
+                reports: None,
             }
         }
         fn series(&self) -> Vec<String> {
@@ -834,6 +869,12 @@ mod tests {
         }
         fn support_files(&self) -> Vec<(String, Vec<u8>)> {
             vec![("status.json".into(), b"{}".to_vec())]
+        }
+        fn enroll(&self, ops: String, _: String) -> BoxFuture<'_, Result<String, String>> {
+            Box::pin(async move {
+                self.actions.lock().unwrap().push(format!("enroll {ops}"));
+                Ok("enrolled".into())
+            })
         }
         fn install_certificate(&self, _: String, _: String) -> Result<String, String> {
             Err("not in tests".into())

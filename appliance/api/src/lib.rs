@@ -27,6 +27,31 @@ pub struct Status {
     pub services: Option<ServicesStatus>,
     /// BBB's meetings as last polled; `None` without a `[bbb]` section.
     pub bbb: Option<BbbStatus>,
+    /// The enrollment with global ops; `None` until enrolled.
+    #[serde(default)]
+    pub enrollment: Option<EnrollmentView>,
+    /// The usage reports' queue.
+    #[serde(default)]
+    pub reports: Option<ReportsView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentView {
+    pub ops: String,
+    pub node: String,
+    pub node_id: String,
+    /// Unix time of the enrollment.
+    pub since: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportsView {
+    /// Reports written and not yet acknowledged by ops.
+    pub queued: u64,
+    /// Unix time of the last acknowledged report.
+    pub last_success: Option<f64>,
+    pub send_error: Option<String>,
+    pub write_error: Option<String>,
 }
 
 /// What the last getMeetings said.
@@ -48,6 +73,9 @@ pub struct BbbStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeetingView {
     pub id: String,
+    /// BBB's internal id: unique per meeting, even when `id` is reused.
+    #[serde(default)]
+    pub internal_id: String,
     pub name: String,
     /// The member organisation (from the meeting's metadata; breakout rooms
     /// take their parent's); "unassigned" when there is none.

@@ -26,8 +26,10 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
     let mut status = BbbStatus::default();
     loop {
         tick.tick().await;
-        match once(&client, &cfg).await {
-            Ok((meetings, participants, list)) => {
+        let res = once(&client, &cfg).await;
+        account(&shared, &res);
+        match res {
+            Ok((_, meetings, participants, list)) => {
                 if !status.up && status.error.is_some() {
                     log::info!("BBB answers again at {}", cfg.url);
                 }
@@ -58,7 +60,54 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
     }
 }
 
-async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(u32, u32, Vec<MeetingView>), String> {
+/// Feeds a poll to the usage accounting and writes a report when one is due.
+fn account(shared: &Shared, res: &Result<(i64, u32, u32, Vec<MeetingView>), String>) {
+    let Some(engine) = &shared.usage else { return };
+    let mut e = lock(engine);
+    match res {
+        Ok((at, _, _, list)) => e.observe(*at, seen(list)),
+        Err(_) => e.failed(),
+    }
+    let Some(enr) = lock(&shared.enrollment).clone() else {
+        return;
+    };
+    let key = match crate::reports::load_or_create_key(&shared.state_dir) {
+        Ok(k) => k,
+        Err(err) => {
+            log::error!("no node key for signing reports: {err}");
+            return;
+        }
+    };
+    let health = lock(&shared.live).health.summary.clone();
+    let services = lock(&shared.services)
+        .as_ref()
+        .map(|s| {
+            format!(
+                "{} of {} services up",
+                s.services.iter().filter(|x| x.up).count(),
+                s.services.len()
+            )
+        })
+        .unwrap_or_default();
+    if e.maybe_report(&enr, &key, &shared.id.version, health, services) {
+        shared.report_wake.notify_one();
+    }
+}
+
+/// The running meetings as the accounting counts them.
+pub fn seen(list: &[MeetingView]) -> Vec<appliance_usage::Seen> {
+    list.iter()
+        .filter(|m| m.running)
+        .map(|m| appliance_usage::Seen {
+            id: m.internal_id.clone(),
+            member: m.member.clone(),
+            participants: m.participants,
+            breakout: m.breakout,
+        })
+        .collect()
+}
+
+async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(i64, u32, u32, Vec<MeetingView>), String> {
     let secret = cfg.secret()?;
     let url = appliance_bbb::signed_url(&cfg.url, "getMeetings", &[], &secret, appliance_bbb::Algorithm::Sha256);
     let res = client
@@ -68,12 +117,26 @@ async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(u32, u32, Ve
         .map_err(|e| format!("request failed: {e}"))?;
     if !res.status().is_success() {
         return Err(format!("HTTP {}", res.status()));
-    }
+    } // Usage is charged on BBB's clock (its HTTP Date), which on a node is
+    // the node's own clock; the node clock when BBB does not say.
+    let at = res
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_else(|| unix_now() as i64);
     let body = res.text().await.map_err(|e| e.to_string())?;
     let meetings = appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| e.to_string())?;
     let running: Vec<_> = meetings.iter().filter(|m| m.running).collect();
     let participants = running.iter().map(|m| m.participant_count).sum();
-    Ok((running.len() as u32, participants, views(&meetings, &cfg.member_key)))
+    Ok((
+        at,
+        running.len() as u32,
+        participants,
+        views(&meetings, &cfg.member_key),
+    ))
 }
 
 /// Meetings for the admin page, each attributed to a member organisation;
@@ -92,6 +155,7 @@ pub fn views(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<Meeti
                 .unwrap_or_else(|| "unassigned".into());
             MeetingView {
                 id: m.meeting_id.clone(),
+                internal_id: m.internal_meeting_id.clone(),
                 name: m.name.clone(),
                 member,
                 running: m.running,

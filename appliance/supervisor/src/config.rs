@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub services: ServicesConfig,
     #[serde(default)]
+    pub usage: UsageConfig,
+    #[serde(default)]
     pub hardware: HardwareConfig,
     #[serde(default)]
     pub alerts: AlertConfig,
@@ -47,6 +49,52 @@ pub struct Config {
     /// The recipe named by `services.recipe`, loaded and checked (not a key).
     #[serde(skip)]
     pub recipe: Option<Recipe>,
+}
+
+/// Usage reports to global ops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often a report is made; ops's request (5 minutes) when unset.
+    #[serde(with = "opt_duration")]
+    pub report_interval: Option<Duration>,
+    /// The longest time between two polls still charged; longer is a gap.
+    /// Three BBB poll intervals when unset.
+    #[serde(with = "opt_duration")]
+    pub max_gap: Option<Duration>,
+    /// Reports kept while ops is unreachable before old ones are merged
+    /// (8640: 30 days of 5-minute reports).
+    pub max_reports: usize,
+    /// First and longest wait between delivery attempts.
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub retry_min: Duration,
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub retry_max: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            report_interval: None,
+            max_gap: None,
+            max_reports: 8640,
+            retry_min: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"1s\", \"5m\"")))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -359,8 +407,8 @@ impl Config {
                 }
                 _ => {}
             }
-            if b.poll_interval < Duration::from_secs(1) {
-                return e("bbb.poll_interval", "must be at least 1s".into());
+            if b.poll_interval < Duration::from_millis(100) {
+                return e("bbb.poll_interval", "must be at least 100ms".into());
             }
         }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
@@ -371,6 +419,15 @@ impl Config {
                     self.log.level
                 ),
             );
+        }
+        if self.usage.max_reports < 2 {
+            return e("usage.max_reports", "must be at least 2".into());
+        }
+        if self.usage.retry_min.is_zero() || self.usage.retry_min > self.usage.retry_max {
+            return e("usage.retry_min", "must be above 0 and at most usage.retry_max".into());
+        }
+        if self.usage.report_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+            return e("usage.report_interval", "must be at least 1s".into());
         }
         self.alerts.validate()?;
         if let Some(r) = &self.services.recipe {
@@ -415,6 +472,21 @@ impl Config {
             .socket
             .clone()
             .unwrap_or_else(|| self.node.state_dir.join("control.sock"))
+    }
+
+    pub fn report_settings(&self) -> crate::reports::Settings {
+        let poll = self
+            .bbb
+            .as_ref()
+            .map(|b| b.poll_interval)
+            .unwrap_or(Duration::from_secs(30));
+        crate::reports::Settings {
+            report_interval: self.usage.report_interval,
+            max_gap: self.usage.max_gap.unwrap_or(poll * 3),
+            max_reports: self.usage.max_reports,
+            retry_min: self.usage.retry_min,
+            retry_max: self.usage.retry_max,
+        }
     }
 
     pub fn log_level(&self) -> log::LevelFilter {

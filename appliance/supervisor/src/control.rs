@@ -32,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/services", get(services))
         .route("/v1/console", get(console))
+        .route("/v1/enroll", post(enroll))
         .route("/v1/services/{name}/{action}", post(service_command))
         .with_state(shared)
 }
@@ -82,6 +83,34 @@ async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): 
     }
 }
 
+#[derive(serde::Deserialize)]
+struct EnrollBody {
+    ops: String,
+    token: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn enroll(State(s): State<Arc<Shared>>, axum::Json(b): axum::Json<EnrollBody>) -> Response {
+    let res = crate::reports::enroll(&s, &b.ops, &b.token, b.force).await;
+    s.audit.record(&appliance_admin::audit::Entry {
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        user: "local (control socket)".into(),
+        from: "this node".into(),
+        action: "enroll".into(),
+        target: b.ops.clone(),
+        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
+    });
+    s.report_wake.notify_one();
+    match res {
+        Ok(m) => (StatusCode::OK, format!("{m}\n")).into_response(),
+        Err(m) => (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
+    }
+}
+
 /// What the console shows, for `appliance console`.
 async fn console(State(s): State<Arc<Shared>>) -> axum::Json<crate::console::Info> {
     let st = s.status();
@@ -93,7 +122,10 @@ async fn console(State(s): State<Arc<Shared>>) -> axum::Json<crate::console::Inf
         summary: st.health.summary,
         fingerprint: cert.fingerprint_sha256,
         setup_code: crate::state::lock(&s.auth).setup_code().map(str::to_string),
-        enrollment: "not enrolled with global ops".into(),
+        enrollment: match crate::state::lock(&s.enrollment).as_ref() {
+            Some(e) => format!("enrolled with {} as {}", e.ops, e.node),
+            None => "not enrolled with global ops".into(),
+        },
         admin_port: s.admin_port.port(),
         admin_ip: Some(s.admin_port.ip()).filter(|ip| !ip.is_unspecified()),
     })
@@ -147,6 +179,11 @@ pub async fn get_body(socket: &Path, uri: &str) -> Result<Vec<u8>, ControlError>
 /// Sends a request with an empty body and returns the answer's body; a
 /// non-success status is an error carrying the body's sentence.
 pub async fn request(socket: &Path, method: &str, uri: &str) -> Result<Vec<u8>, ControlError> {
+    request_with(socket, method, uri, Vec::new()).await
+}
+
+/// Like [`request`], with a JSON body.
+pub async fn request_with(socket: &Path, method: &str, uri: &str, body: Vec<u8>) -> Result<Vec<u8>, ControlError> {
     let proto = |what: String| ControlError::Protocol {
         path: socket.to_path_buf(),
         what,
@@ -165,7 +202,8 @@ pub async fn request(socket: &Path, method: &str, uri: &str) -> Result<Vec<u8>, 
         .method(method)
         .uri(uri)
         .header(hyper::header::HOST, "appliance")
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
         .map_err(|e| proto(e.to_string()))?;
     let res = sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
     let status = res.status();

@@ -11,5 +11,7 @@ pub mod control;
 pub mod firstboot;
 pub mod logging;
 pub mod metrics;
+pub mod outbox;
+pub mod reports;
 pub mod run;
 pub mod state;

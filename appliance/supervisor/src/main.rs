@@ -56,6 +56,18 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Enroll this node with global ops, using a token from
+    /// `appliance-ops token create`.
+    Enroll {
+        /// Ops's URL (the token names it too; they must agree).
+        #[arg(long)]
+        ops: String,
+        #[arg(long)]
+        token: String,
+        /// Enroll again although already enrolled.
+        #[arg(long)]
+        force: bool,
+    },
     /// First-boot duties, run as root before BBB starts: replace BBB's
     /// default shared secret and write it where the supervisor reads it.
     Firstboot,
@@ -96,6 +108,7 @@ fn main() -> ExitCode {
         Command::Services { command, json } => services(&cfg.control_socket(), command, json),
         Command::Firstboot => firstboot(&cfg),
         Command::Console { once } => console(&cfg, once),
+        Command::Enroll { ops, token, force } => enroll(&cfg.control_socket(), ops, token, force),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,6 +164,14 @@ fn path_segment(s: &str) -> String {
             }
         })
         .collect()
+}
+
+fn enroll(socket: &Path, ops: String, token: String, force: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body = serde_json::to_vec(&serde_json::json!({ "ops": ops, "token": token, "force": force }))?;
+    let out = rt.block_on(control::request_with(socket, "POST", "/v1/enroll", body))?;
+    print!("{}", String::from_utf8_lossy(&out));
+    Ok(())
 }
 
 fn console(cfg: &Config, once: bool) -> anyhow::Result<()> {

@@ -419,6 +419,25 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         "Participants in all running meetings.",
         bbb.filter(|b| b.up).map(|b| b.participants as f64),
     );
+    e.single(
+        "appliance_enrolled",
+        "gauge",
+        "Whether the node is enrolled with global ops (1) or not (0).",
+        Some(if st.enrollment.is_some() { 1.0 } else { 0.0 }),
+    );
+    let reports = st.reports.as_ref();
+    e.single(
+        "appliance_report_queue_depth",
+        "gauge",
+        "Usage reports written and not yet acknowledged by global ops.",
+        reports.map(|r| r.queued as f64),
+    );
+    e.single(
+        "appliance_report_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time global ops last acknowledged a usage report.",
+        reports.and_then(|r| r.last_success),
+    );
 
     e.single(
         "process_resident_memory_bytes",

@@ -82,6 +82,17 @@ pub fn run(cfg: Config) -> Result<()> {
     let tls = runtime
         .block_on(appliance_admin::tls_config(&cert))
         .context("admin TLS certificate")?;
+    let usage = match crate::reports::Engine::open(&state_dir, cfg.report_settings()) {
+        Ok(e) => Some(std::sync::Mutex::new(e)),
+        Err(e) => {
+            log::error!("usage accounting unavailable: {e}");
+            None
+        }
+    };
+    let enrollment = crate::reports::load_enrollment(&state_dir);
+    if let Some(e) = &enrollment {
+        log::info!("enrolled with {} as node {} ({})", e.ops, e.node, e.node_id);
+    }
 
     let mut collector = Collector::new(
         Roots {
@@ -114,6 +125,9 @@ pub fn run(cfg: Config) -> Result<()> {
         auth: Arc::new(std::sync::Mutex::new(auth)),
         audit: Arc::new(audit),
         admin_port: cfg.admin.listen,
+        enrollment: std::sync::Mutex::new(enrollment),
+        usage,
+        report_wake: Arc::new(tokio::sync::Notify::new()),
     });
 
     let mut sampler = Sampler::new(shared.clone(), cfg.clone());
@@ -146,6 +160,7 @@ struct Background {
 
 impl Background {
     fn spawn(self, shared: Arc<Shared>) {
+        tokio::spawn(crate::reports::deliver(shared.clone(), shared.report_wake.clone()));
         let (meetings_tx, meetings_rx) = tokio::sync::watch::channel(false);
         if let Some(b) = self.cfg.bbb.clone() {
             tokio::spawn(crate::bbb::poll(b, shared.clone(), meetings_tx));
@@ -411,8 +426,13 @@ impl Sampler {
         }
         self.last_alerts = now_alerts;
         self.log_problems(&snap);
-
         record_history(&mut lock(&self.shared.history), &snap);
+        if let Some(u) = &self.shared.usage {
+            let uplink =
+                appliance_monitor::collector::pick_uplink(&self.shared.id.profile.uplink.interface, &snap.network)
+                    .map(|i| i.name.clone());
+            lock(u).sample(&snap, uplink.as_deref());
+        }
         if health.summary != self.last_summary {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&health.summary)]);
             self.last_summary = health.summary.clone();

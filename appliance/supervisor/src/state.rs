@@ -60,6 +60,12 @@ pub struct Shared {
     pub audit: Arc<AuditLog>,
     /// The admin page's address, for the URL on the console.
     pub admin_port: std::net::SocketAddr,
+    /// The enrollment with global ops, once done.
+    pub enrollment: Mutex<Option<crate::reports::Enrollment>>,
+    /// Usage accounting and the outbox; `None` when they could not be opened.
+    pub usage: Option<Mutex<crate::reports::Engine>>,
+    /// Wakes the report sender when a report was written.
+    pub report_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data
@@ -88,6 +94,48 @@ impl Shared {
         let bbb = lock(&self.bbb).clone();
         if let Some(sv) = &services {
             alerts.extend(sv.alerts.iter().cloned());
+        }
+        let enrollment = lock(&self.enrollment).clone().map(|e| appliance_api::EnrollmentView {
+            ops: e.ops,
+            node: e.node,
+            node_id: e.node_id,
+            since: e.enrolled_at as f64,
+        });
+        let reports = self.usage.as_ref().map(|u| {
+            let u = lock(u);
+            appliance_api::ReportsView {
+                queued: u.outbox.len() as u64,
+                last_success: u.last_success,
+                send_error: u.send_error.clone(),
+                write_error: u.write_error.clone(),
+            }
+        });
+        if let Some(r) = &reports {
+            let alert = |id: &str, severity, reason: String| appliance_monitor::Alert {
+                id: id.into(),
+                severity,
+                reason,
+                since: None,
+                value: None,
+                warn: None,
+                critical: None,
+            };
+            if let Some(e) = &r.write_error {
+                alerts.push(alert(
+                    "usage-disk",
+                    Severity::Critical,
+                    format!("usage reports cannot be written: {e}"),
+                ));
+            }
+            // Ops being unreachable is not the node's ill health; ops
+            // refusing our reports needs a person.
+            if let Some(e) = r.send_error.as_ref().filter(|e| e.starts_with('4')) {
+                alerts.push(alert(
+                    "usage-refused",
+                    Severity::Warning,
+                    format!("global ops refuses this node's reports: {e}"),
+                ));
+            }
         }
         alerts.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
         let health = appliance_monitor::health::summarize(&alerts);
@@ -118,6 +166,8 @@ impl Shared {
             monitor: snapshot.map(|s| (*s).clone()),
             services,
             bbb,
+            enrollment,
+            reports,
         }
     }
 }

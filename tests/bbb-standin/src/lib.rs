@@ -15,7 +15,11 @@
 //! - Users leave through `POST /standin/leave?meetingID=..&userID=..`, which
 //!   is not part of BBB's API.
 //! - Meetings can be scripted: a TOML timeline of create/join/leave/end
-//!   events (see [`Script`]).
+//!   events (see [`Script`]), played in real time or on a virtual clock
+//!   that a test moves (`POST /standin/advance?to=`), which also shows in
+//!   the `Date` header as BBB's clock does.
+//! - `POST /standin/fail?on=1` makes the API answer 503, as bbb-web down
+//!   behind nginx would.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -62,10 +66,30 @@ pub struct World {
     next_bridge: u32,
 }
 
+/// Time as the stand-in tells it: the real clock, or a virtual one that a
+/// test moves forward (`POST /standin/advance?to=UNIX_SECONDS`), applying
+/// the script's events on the way. BBB's own clock shows in its HTTP
+/// `Date` header and its createTime fields.
+#[derive(Debug, Default)]
+struct Clock {
+    /// Unix seconds of the virtual clock; `None` for real time.
+    virtual_now: Option<i64>,
+    /// Virtual start (script times are relative to it).
+    start: i64,
+    /// Script events not applied yet, sorted by time.
+    pending: Vec<Event>,
+    /// While set, the API answers 503 (bbb-web down behind nginx).
+    failing: bool,
+}
+
 #[derive(Clone)]
 pub struct StandIn {
     secret: Arc<String>,
     world: Arc<Mutex<World>>,
+    clock: Arc<Mutex<Clock>>,
+    /// The time a create made now would carry (epoch ms), set under the
+    /// clock's lock before each call.
+    created_ms: Arc<std::sync::atomic::AtomicU64>,
     /// API calls answered, for tests that count polls.
     calls: Arc<Mutex<BTreeMap<String, u64>>>,
 }
@@ -76,7 +100,7 @@ impl std::fmt::Debug for StandIn {
     }
 }
 
-fn now_ms() -> u64 {
+fn real_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -100,6 +124,8 @@ impl StandIn {
         StandIn {
             secret: Arc::new(secret),
             world: Arc::default(),
+            clock: Arc::default(),
+            created_ms: Arc::default(),
             calls: Arc::default(),
         }
     }
@@ -110,6 +136,8 @@ impl StandIn {
             .route("/bigbluebutton/api/", get(version))
             .route("/bigbluebutton/api/{call}", get(api).post(api))
             .route("/standin/leave", post(leave))
+            .route("/standin/advance", post(advance))
+            .route("/standin/fail", post(fail))
             .route("/standin/calls", get(calls))
             .with_state(self.clone())
     }
@@ -118,8 +146,76 @@ impl StandIn {
         self.world.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies a call to the world and returns the XML body (or redirect).
+    /// Starts a virtual clock at `start` (unix seconds) with a script whose
+    /// `at` times count from `start`; events at `start` are applied now.
+    pub fn virtual_clock(&self, start: i64, script: Script) {
+        let mut events = script.event;
+        events.sort_by(|a, b| a.at.total_cmp(&b.at));
+        {
+            let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+            c.virtual_now = Some(start);
+            c.start = start;
+            c.pending = events;
+        }
+        self.advance(start);
+    }
+
+    /// Moves the virtual clock to `to`, applying every event due by then.
+    /// Polls see either the state before or after, never half of it: the
+    /// world stays locked for the whole step.
+    pub fn advance(&self, to: i64) {
+        let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let start = c.start;
+        let due: Vec<Event> = {
+            let n = c.pending.iter().take_while(|e| start + e.at as i64 <= to).count();
+            c.pending.drain(..n).collect()
+        };
+        c.virtual_now = Some(to.max(c.virtual_now.unwrap_or(to)));
+        self.created_ms.store(
+            c.virtual_now.unwrap_or(to) as u64 * 1000,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        // Events are applied with the clock lock held, so no API call runs
+        // between them.
+        for e in &due {
+            self.apply_locked(e, &c);
+        }
+    }
+
+    pub fn set_failing(&self, on: bool) {
+        self.clock.lock().unwrap_or_else(|e| e.into_inner()).failing = on;
+    }
+
+    /// Applies a call to the world and returns the XML body (or redirect),
+    /// with BBB's `Date` header.
     pub fn call(&self, call: &str, raw_query: &str) -> Response {
+        // The clock stays locked through the call, so a call sees the date
+        // and the world of one step, never a mix.
+        let c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = c
+            .virtual_now
+            .map(|t| UNIX_EPOCH + std::time::Duration::from_secs(t as u64))
+            .unwrap_or_else(SystemTime::now);
+        let date = httpdate::fmt_http_date(now);
+        self.created_ms.store(
+            now.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let mut r = if c.failing {
+            (StatusCode::SERVICE_UNAVAILABLE, "502 Bad Gateway\n").into_response()
+        } else {
+            self.call_inner(call, raw_query)
+        };
+        drop(c);
+        if let Ok(v) = header::HeaderValue::from_str(&date) {
+            r.headers_mut().insert(header::DATE, v);
+        }
+        r
+    }
+
+    fn call_inner(&self, call: &str, raw_query: &str) -> Response {
         *self
             .calls
             .lock()
@@ -180,7 +276,7 @@ impl StandIn {
         } else {
             None
         };
-        let create_time = now_ms();
+        let create_time = self.created_ms.load(std::sync::atomic::Ordering::SeqCst);
         w.next_bridge += 1;
         let sequence = match &parent {
             Some(pid) => {
@@ -397,6 +493,16 @@ impl StandIn {
     }
 
     pub fn apply(&self, e: &Event) {
+        let c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = c.virtual_now.map(|t| t as u64 * 1000).unwrap_or_else(real_ms);
+        self.created_ms.store(now, std::sync::atomic::Ordering::SeqCst);
+        self.apply_locked(e, &c);
+    }
+
+    /// Applies an event while the clock is locked (so calls use the inner,
+    /// clock-free path).
+    fn apply_locked(&self, e: &Event, c: &Clock) {
+        let _ = c;
         let m = e.meeting.as_str();
         match e.action {
             Action::Create => {
@@ -412,7 +518,7 @@ impl StandIn {
                     p.push((format!("meta_{k}"), v.clone()));
                 }
                 let refs: Vec<(&str, &str)> = p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-                let _ = self.call("create", &self.signed("create", &refs));
+                let _ = self.call_inner("create", &self.signed("create", &refs));
             }
             Action::Join => {
                 let user = e.user.clone().unwrap_or_default();
@@ -427,13 +533,13 @@ impl StandIn {
                         ("redirect", "false"),
                     ],
                 );
-                let _ = self.call("join", &q);
+                let _ = self.call_inner("join", &q);
             }
             Action::Leave => {
                 self.leave(m, e.user.as_deref().unwrap_or_default());
             }
             Action::End => {
-                let _ = self.call("end", &self.signed("end", &[("meetingID", m)]));
+                let _ = self.call_inner("end", &self.signed("end", &[("meetingID", m)]));
             }
         }
     }
@@ -518,6 +624,25 @@ async fn leave(State(s): State<StandIn>, RawQuery(q): RawQuery) -> Response {
     } else {
         (StatusCode::NOT_FOUND, "no such user in that meeting\n").into_response()
     }
+}
+
+async fn advance(State(s): State<StandIn>, RawQuery(q): RawQuery) -> Response {
+    let p = params(q.as_deref().unwrap_or(""));
+    match p.get("to").and_then(|t| t.parse::<i64>().ok()) {
+        Some(to) => {
+            s.advance(to);
+            format!("clock at {to}\n").into_response()
+        }
+        None => (StatusCode::BAD_REQUEST, "give ?to=UNIX_SECONDS\n").into_response(),
+    }
+}
+
+async fn fail(State(s): State<StandIn>, RawQuery(q): RawQuery) -> Response {
+    let on = params(q.as_deref().unwrap_or(""))
+        .get("on")
+        .is_some_and(|v| v == "1" || v == "true");
+    s.set_failing(on);
+    format!("failing: {on}\n").into_response()
 }
 
 async fn calls(State(s): State<StandIn>) -> Response {

@@ -27,6 +27,11 @@ struct Cli {
     /// Play the script this many times faster than written.
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
+    /// Run a virtual clock starting at these unix seconds instead of
+    /// playing the script in real time; tests move it with
+    /// `POST /standin/advance?to=UNIX_SECONDS`.
+    #[arg(long)]
+    virtual_clock: Option<i64>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -50,8 +55,13 @@ async fn main() -> Result<()> {
     if let Some(path) = cli.script {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let script: Script = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let player = s.clone();
-        tokio::spawn(async move { player.play(script, cli.speed).await });
+        match cli.virtual_clock {
+            Some(start) => s.virtual_clock(start, script),
+            None => {
+                let player = s.clone();
+                tokio::spawn(async move { player.play(script, cli.speed).await });
+            }
+        }
     }
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await

@@ -1,7 +1,9 @@
-//! The admin page's TLS certificate: generated on first start and kept in
-//! the state dir, or installed by the operator; renewed when it nears its
-//! end. Its SHA-256 fingerprint is what the console shows, so a support
-//! person can check the browser's warning is about this box.
+//! Self-signed TLS certificates for the node's admin page and for global
+//! ops: generated on first start and kept in a state dir, or installed by
+//! an operator; renewed when they near their end. Their SHA-256
+//! fingerprint is what people compare (the console) and what enrollment
+//! tokens pin (ops), so nobody has to trust on first use.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::io::Write;
@@ -11,7 +13,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("certificate {}: {what}", path.display())]
+    Certificate { path: PathBuf, what: String },
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 /// Where a certificate installed from the admin page is kept (in the
 /// certificate directory of the state dir).
@@ -207,5 +224,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("op.pem") && e.contains("not a PEM certificate"), "{e}");
+    }
+}
+
+/// A TLS client configuration that trusts exactly one certificate: the
+/// one with this SHA-256 fingerprint (as enrollment tokens carry it). No
+/// certificate authority is involved, and no trust on first use.
+pub fn pinned_client_config(fingerprint: &str) -> rustls::ClientConfig {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned {
+            fingerprint: fingerprint.to_ascii_uppercase(),
+            provider,
+        }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg
+}
+
+/// The words a pin mismatch is reported with, for callers to recognise it.
+pub const PIN_MISMATCH: &str = "does not match the pinned fingerprint";
+
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if got == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate {got} {PIN_MISMATCH} {}",
+                self.fingerprint
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -1,0 +1,277 @@
+//! `appliance-ops`: the global-ops program.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use appliance_ops::store::{Store, month_range, utc};
+use appliance_ops::{Config, OpsState};
+use appliance_usage::Token;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "appliance-ops",
+    version,
+    about = "Global ops for city nodes: enrollment, usage reports, usage by member organisation"
+)]
+struct Cli {
+    #[arg(
+        long,
+        global = true,
+        env = "APPLIANCE_OPS_CONFIG",
+        default_value = "/etc/appliance-ops/ops.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve enrollment and reports over HTTPS in the foreground.
+    Serve,
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Every node: version, last report, health, enrolled since.
+    Nodes,
+    /// Usage of one month, per node and member organisation.
+    Usage {
+        /// YYYY-MM (UTC).
+        #[arg(long)]
+        month: String,
+        /// One CSV row per node and member.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Refuse a node's reports from now on.
+    Revoke {
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// A single-use token for a node; printed alone on the last line.
+    Create {
+        #[arg(long)]
+        node: String,
+        /// How long it stays valid (default from the config, 7d).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command, cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// A usage mistake (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn open(cfg: &Config) -> Result<Store> {
+    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
+    Store::open(&cfg.db_path()).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.db_path().display()))
+}
+
+fn run(cmd: Command, cfg: Config) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cmd {
+        Command::Serve => serve(cfg),
+        Command::Token {
+            command: TokenCommand::Create { node, expires },
+        } => {
+            if node.is_empty()
+                || node.len() > 64
+                || !node.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Usage(format!("--node {node:?}: use 1 to 64 letters, digits, - _ .")).into());
+            }
+            let ttl = match expires {
+                Some(e) => humantime::parse_duration(&e).map_err(|err| Usage(format!("--expires {e:?}: {err}")))?,
+                None => cfg.token_ttl,
+            };
+            let cert = cfg.certificate().context("ops certificate")?;
+            let store = open(&cfg)?;
+            let secret = store
+                .create_token(&node, now(), ttl.as_secs() as i64)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let token = Token {
+                v: 1,
+                ops: cfg.public_url.clone(),
+                fp: cert.fingerprint_sha256,
+                node: node.clone(),
+                secret,
+            };
+            println!(
+                "enrollment token for node {node}, valid until {}, usable once:",
+                utc(now() + ttl.as_secs() as i64)
+            );
+            println!("{}", token.encode());
+            Ok(())
+        }
+        Command::Nodes => {
+            let store = open(&cfg)?;
+            println!(
+                "{:<20} {:<10} {:<26} {:<26} {:<8} {:<34}",
+                "NODE", "VERSION", "ENROLLED", "LAST REPORT", "REVOKED", "ID"
+            );
+            for n in store.nodes().map_err(|e| anyhow::anyhow!("{e}"))? {
+                println!(
+                    "{:<20} {:<10} {:<26} {:<26} {:<8} {:<34} {}",
+                    n.name,
+                    n.version,
+                    utc(n.enrolled),
+                    n.last_report.map(utc).unwrap_or_else(|| "never".into()),
+                    if n.revoked { "yes" } else { "no" },
+                    n.id,
+                    n.health.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Usage { month, csv } => {
+            let (start, end) =
+                month_range(&month).ok_or_else(|| Usage(format!("--month {month:?}: expected YYYY-MM")))?;
+            let store = open(&cfg)?;
+            let rows = store.usage(start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if csv {
+                println!(
+                    "node,member,meetings,meeting_seconds,participant_seconds,peak_participants,longest_meeting_seconds"
+                );
+                for r in rows {
+                    println!(
+                        "{},{},{},{},{},{},{}",
+                        csv_field(&r.node),
+                        csv_field(&r.member),
+                        r.meetings,
+                        r.meeting_seconds,
+                        r.participant_seconds,
+                        r.peak_participants,
+                        r.longest_meeting_seconds
+                    );
+                }
+            } else {
+                println!("usage in {month} (UTC)");
+                println!(
+                    "{:<20} {:<24} {:>8} {:>16} {:>20} {:>6} {:>16}",
+                    "NODE", "MEMBER", "MEETINGS", "MEETING-MINUTES", "PARTICIPANT-MINUTES", "PEAK", "LONGEST (MIN)"
+                );
+                for r in rows {
+                    println!(
+                        "{:<20} {:<24} {:>8} {:>16.1} {:>20.1} {:>6} {:>16.1}",
+                        r.node,
+                        r.member,
+                        r.meetings,
+                        r.meeting_seconds as f64 / 60.0,
+                        r.participant_seconds as f64 / 60.0,
+                        r.peak_participants,
+                        r.longest_meeting_seconds as f64 / 60.0
+                    );
+                }
+                for (node, from, to) in store.gaps(start, end).map_err(|e| anyhow::anyhow!("{e}"))? {
+                    println!(
+                        "gap: node {node} could not count usage from {} to {} (BBB did not answer)",
+                        utc(from),
+                        utc(to)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Revoke { node } => {
+            let store = open(&cfg)?;
+            if !store.revoke(&node).map_err(|e| anyhow::anyhow!("{e}"))? {
+                bail!("no node named {node:?}");
+            }
+            println!("node {node} revoked: its reports are refused from now on");
+            Ok(())
+        }
+    }
+}
+
+/// CSV quoting for names that contain a comma or a quote.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn serve(cfg: Config) -> Result<()> {
+    let cert = cfg.certificate().context("ops certificate")?;
+    log::info!("ops certificate SHA-256 fingerprint {}", cert.fingerprint_sha256);
+    let store = open(&cfg)?;
+    let listener =
+        std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listen {}: cannot listen", cfg.listen))?;
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
+            .await
+            .context("ops certificate")?;
+        let app = appliance_ops::router(OpsState {
+            store: Arc::new(Mutex::new(store)),
+            report_interval: cfg.report_interval,
+        });
+        log::info!(
+            "global ops listening on https://{} (public URL {})",
+            cfg.listen,
+            cfg.public_url
+        );
+        let handle = axum_server::Handle::new();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        });
+        axum_server::from_tcp_rustls(listener, tls)?
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    })
+}

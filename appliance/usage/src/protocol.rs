@@ -1,0 +1,436 @@
+//! What nodes and global ops say to each other: enrollment tokens and
+//! messages, usage reports, their ed25519 signatures, and acknowledgements.
+//!
+//! A report travels as an [`Envelope`]: the report's JSON text exactly as
+//! signed, and the signature over those bytes. Ops verifies the bytes it
+//! received, so no canonical JSON form is needed.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::accounting::{Gap, MemberUsage, Period};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("not an enrollment token (it should be one long line from `appliance-ops token create`)")]
+    BadToken,
+    #[error("the signing key is damaged: {0}")]
+    BadKey(String),
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("malformed report: {0}")]
+    BadReport(String),
+}
+
+/// What `appliance-ops token create` prints: everything a node needs to
+/// enroll, including the fingerprint of ops's certificate, so the node
+/// trusts ops without trusting on first use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Format version.
+    pub v: u32,
+    /// Ops's base URL, e.g. `https://ops.example:9443`.
+    pub ops: String,
+    /// SHA-256 fingerprint of ops's certificate (colon-separated hex).
+    pub fp: String,
+    /// The node name the token is for.
+    pub node: String,
+    /// The single-use secret.
+    pub secret: String,
+}
+
+const TOKEN_PREFIX: &str = "apl1.";
+
+impl Token {
+    pub fn encode(&self) -> String {
+        format!(
+            "{TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("a token serialises"))
+        )
+    }
+
+    pub fn decode(s: &str) -> Result<Token, Error> {
+        let body = s.trim().strip_prefix(TOKEN_PREFIX).ok_or(Error::BadToken)?;
+        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| Error::BadToken)?;
+        let t: Token = serde_json::from_slice(&bytes).map_err(|_| Error::BadToken)?;
+        if t.v != 1 || t.secret.is_empty() || t.node.is_empty() {
+            return Err(Error::BadToken);
+        }
+        Ok(t)
+    }
+
+    /// What ops stores instead of the secret.
+    pub fn secret_hash(secret: &str) -> String {
+        hex(&Sha256::digest(secret.as_bytes()))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The node's request to enroll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub secret: String,
+    pub node: String,
+    /// The node's ed25519 public key, base64.
+    pub public_key: String,
+    pub version: String,
+    /// Hardware facts: profile, DMI, CPUs, memory.
+    pub facts: BTreeMap<String, String>,
+}
+
+/// Ops's answer to a successful enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub node_id: String,
+    pub node: String,
+    /// How often ops wants a report.
+    pub report_interval_secs: u64,
+    /// Where reports go, relative to the ops URL.
+    pub reports_path: String,
+    /// Where the update repository is, once there is one.
+    pub updates_url: Option<String>,
+}
+
+/// An error answer from ops: a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A member's line in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberLine {
+    pub member: String,
+    #[serde(flatten)]
+    pub usage: MemberUsage,
+}
+
+/// Seconds of one main meeting within the report's period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingLine {
+    /// BBB's internal meeting id.
+    pub id: String,
+    pub member: String,
+    pub seconds: u64,
+}
+
+/// Resource figures over the period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_avg: Option<f64>,
+    pub cpu_max: Option<f64>,
+    /// Bytes in and out per uplink interface during the period.
+    pub rx_bytes: BTreeMap<String, u64>,
+    pub tx_bytes: BTreeMap<String, u64>,
+    pub max_temperature: Option<f64>,
+    pub disk_used_ratio_max: Option<f64>,
+}
+
+/// A usage report. `seq_from..=seq_to` is one sequence number, or the
+/// range of several old reports merged while ops was unreachable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub node_id: String,
+    pub seq_from: u64,
+    pub seq_to: u64,
+    /// The period, unix seconds.
+    pub from: i64,
+    pub to: i64,
+    pub firmware: String,
+    pub usage: Vec<MemberLine>,
+    pub meetings: Vec<MeetingLine>,
+    /// Intervals nobody could account for (BBB did not answer).
+    pub gaps: Vec<Gap>,
+    pub resources: Resources,
+    /// The node's health when the report was made, and its services.
+    pub health: String,
+    pub services: String,
+}
+
+impl Report {
+    pub fn from_period(
+        node_id: &str,
+        seq: u64,
+        firmware: &str,
+        p: &Period,
+        resources: Resources,
+        health: String,
+        services: String,
+    ) -> Report {
+        Report {
+            node_id: node_id.to_string(),
+            seq_from: seq,
+            seq_to: seq,
+            from: p.from,
+            to: p.to,
+            firmware: firmware.to_string(),
+            usage: p
+                .members
+                .iter()
+                .map(|(m, u)| MemberLine {
+                    member: m.clone(),
+                    usage: u.clone(),
+                })
+                .collect(),
+            meetings: p
+                .meetings
+                .iter()
+                .map(|(id, m)| MeetingLine {
+                    id: id.clone(),
+                    member: m.member.clone(),
+                    seconds: m.seconds,
+                })
+                .collect(),
+            gaps: p.gaps.clone(),
+            resources,
+            health,
+            services,
+        }
+    }
+
+    /// Merges a later report into this one (for a long offline time):
+    /// sums, peaks and meeting seconds combine; nothing is dropped.
+    pub fn merge(&mut self, later: &Report) {
+        self.seq_to = later.seq_to;
+        self.to = later.to;
+        self.firmware = later.firmware.clone();
+        for l in &later.usage {
+            match self.usage.iter_mut().find(|u| u.member == l.member) {
+                Some(u) => {
+                    u.usage.meeting_seconds += l.usage.meeting_seconds;
+                    u.usage.participant_seconds += l.usage.participant_seconds;
+                    u.usage.peak_participants = u.usage.peak_participants.max(l.usage.peak_participants);
+                }
+                None => self.usage.push(l.clone()),
+            }
+        }
+        for m in &later.meetings {
+            match self.meetings.iter_mut().find(|x| x.id == m.id) {
+                Some(x) => x.seconds += m.seconds,
+                None => self.meetings.push(m.clone()),
+            }
+        }
+        self.gaps.extend(later.gaps.iter().copied());
+        let r = &mut self.resources;
+        let l = &later.resources;
+        r.cpu_avg = match (r.cpu_avg, l.cpu_avg) {
+            (Some(a), Some(b)) => Some((a + b) / 2.0),
+            (a, b) => a.or(b),
+        };
+        r.cpu_max = match (r.cpu_max, l.cpu_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for (k, v) in &l.rx_bytes {
+            *r.rx_bytes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &l.tx_bytes {
+            *r.tx_bytes.entry(k.clone()).or_default() += v;
+        }
+        r.max_temperature = match (r.max_temperature, l.max_temperature) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        r.disk_used_ratio_max = match (r.disk_used_ratio_max, l.disk_used_ratio_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.health = later.health.clone();
+        self.services = later.services.clone();
+    }
+}
+
+/// A signed report as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The report's JSON text, exactly the bytes signed.
+    pub report: String,
+    /// ed25519 signature, base64.
+    pub signature: String,
+}
+
+/// Ops's answer to a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The `seq_to` of the report now stored (or stored before).
+    pub acked: u64,
+    /// Whether it had been stored before (a resend).
+    pub duplicate: bool,
+}
+
+/// The node's signing key.
+#[derive(Debug)]
+pub struct NodeKey {
+    pair: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl NodeKey {
+    /// A new key as PKCS#8 bytes, to store (0600) and load with [`NodeKey::from_pkcs8`].
+    pub fn generate() -> Result<Vec<u8>, Error> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map(|d| d.as_ref().to_vec())
+            .map_err(|e| Error::BadKey(e.to_string()))
+    }
+
+    pub fn from_pkcs8(b: &[u8]) -> Result<NodeKey, Error> {
+        aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(b)
+            .map(|pair| NodeKey { pair })
+            .map_err(|e| Error::BadKey(e.to_string()))
+    }
+
+    /// The public key, base64.
+    pub fn public_key(&self) -> String {
+        use aws_lc_rs::signature::KeyPair;
+        STANDARD.encode(self.pair.public_key().as_ref())
+    }
+
+    pub fn seal(&self, report: &Report) -> Envelope {
+        let text = serde_json::to_string(report).expect("a report serialises");
+        let sig = self.pair.sign(text.as_bytes());
+        Envelope {
+            report: text,
+            signature: STANDARD.encode(sig.as_ref()),
+        }
+    }
+}
+
+impl Envelope {
+    /// Checks the signature with a node's public key and parses the report.
+    pub fn open(&self, public_key_b64: &str) -> Result<Report, Error> {
+        let pk = STANDARD
+            .decode(public_key_b64)
+            .map_err(|e| Error::BadKey(e.to_string()))?;
+        let sig = STANDARD.decode(&self.signature).map_err(|_| Error::BadSignature)?;
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &pk)
+            .verify(self.report.as_bytes(), &sig)
+            .map_err(|_| Error::BadSignature)?;
+        let r: Report = serde_json::from_str(&self.report).map_err(|e| Error::BadReport(e.to_string()))?;
+        if r.seq_from > r.seq_to || r.from > r.to {
+            return Err(Error::BadReport("ranges run backwards".into()));
+        }
+        Ok(r)
+    }
+
+    /// The node id the report claims, before any trust (to find its key).
+    pub fn claimed_node(&self) -> Result<String, Error> {
+        #[derive(Deserialize)]
+        struct Id {
+            node_id: String,
+        }
+        serde_json::from_str::<Id>(&self.report)
+            .map(|i| i.node_id)
+            .map_err(|e| Error::BadReport(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(seq: u64) -> Report {
+        Report {
+            node_id: "n1".into(),
+            seq_from: seq,
+            seq_to: seq,
+            from: 0,
+            to: 300,
+            firmware: "0.1.0".into(),
+            usage: vec![MemberLine {
+                member: "a".into(),
+                usage: MemberUsage {
+                    meeting_seconds: 300,
+                    participant_seconds: 900,
+                    peak_participants: 4,
+                },
+            }],
+            meetings: vec![MeetingLine {
+                id: "m".into(),
+                member: "a".into(),
+                seconds: 300,
+            }],
+            gaps: vec![],
+            resources: Resources::default(),
+            health: "ok".into(),
+            services: "7 of 7 up".into(),
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_refuse_garbage() {
+        let t = Token {
+            v: 1,
+            ops: "https://ops:9443".into(),
+            fp: "AA:BB".into(),
+            node: "ams-1".into(),
+            secret: "s3".into(),
+        };
+        let s = t.encode();
+        assert!(s.starts_with("apl1.") && !s.contains(' '));
+        assert_eq!(Token::decode(&format!("  {s}\n")).unwrap(), t);
+        for bad in ["", "apl1.", "apl1.!!!", "xyz", &s[..s.len() - 4]] {
+            assert_eq!(Token::decode(bad), Err(Error::BadToken), "{bad}");
+        }
+        assert_eq!(Token::secret_hash("s3").len(), 64);
+    }
+
+    #[test]
+    fn signatures_bind_report_and_key() {
+        let k = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        let other = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        let env = k.seal(&report(7));
+        assert_eq!(env.open(&k.public_key()).unwrap(), report(7));
+        assert_eq!(env.claimed_node().unwrap(), "n1");
+        assert_eq!(
+            env.open(&other.public_key()),
+            Err(Error::BadSignature),
+            "another node's key"
+        );
+        let mut tampered = env.clone();
+        tampered.report = tampered.report.replace("900", "901");
+        assert_eq!(tampered.open(&k.public_key()), Err(Error::BadSignature));
+    }
+
+    #[test]
+    fn merging_adds_and_keeps_peaks() {
+        let mut a = report(1);
+        let mut b = report(2);
+        b.usage[0].usage.peak_participants = 9;
+        b.usage.push(MemberLine {
+            member: "b".into(),
+            usage: MemberUsage {
+                meeting_seconds: 1,
+                participant_seconds: 2,
+                peak_participants: 1,
+            },
+        });
+        b.from = 300;
+        b.to = 600;
+        a.merge(&b);
+        assert_eq!((a.seq_from, a.seq_to, a.from, a.to), (1, 2, 0, 600));
+        assert_eq!(
+            a.usage[0].usage,
+            MemberUsage {
+                meeting_seconds: 600,
+                participant_seconds: 1800,
+                peak_participants: 9
+            }
+        );
+        assert_eq!(a.usage.len(), 2);
+        assert_eq!(
+            a.meetings,
+            vec![MeetingLine {
+                id: "m".into(),
+                member: "a".into(),
+                seconds: 600
+            }]
+        );
+    }
+}
