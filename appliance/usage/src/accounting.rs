@@ -220,7 +220,8 @@ mod tests {
     #[test]
     fn table() {
         // (name, polls, member, (meeting s, participant s, peak))
-        let cases: Vec<(&str, Vec<Step>, &str, (u64, u64, u32))> = vec![
+        type Case<'a> = (&'a str, Vec<Step>, &'a str, (u64, u64, u32));
+        let cases: Vec<Case> = vec![
             (
                 "one meeting, steady",
                 vec![P(0, vec![s("m", "a", 3)]), P(30, vec![s("m", "a", 3)]), P(60, vec![])],

@@ -189,6 +189,12 @@ impl StandIn {
     /// Applies a call to the world and returns the XML body (or redirect),
     /// with BBB's `Date` header.
     pub fn call(&self, call: &str, raw_query: &str) -> Response {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(call.to_string())
+            .or_default() += 1;
         // The clock stays locked through the call, so a call sees the date
         // and the world of one step, never a mix.
         let c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,12 +222,6 @@ impl StandIn {
     }
 
     fn call_inner(&self, call: &str, raw_query: &str) -> Response {
-        *self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(call.to_string())
-            .or_default() += 1;
         if !appliance_bbb::verify(call, raw_query, &self.secret, &Algorithm::ALL) {
             return xml(failed("checksumError", "Checksums do not match"));
         }
