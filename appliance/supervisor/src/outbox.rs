@@ -89,8 +89,46 @@ impl Outbox {
         out
     }
 
+    /// Sequence numbers and paths from the file names alone (cheap: no
+    /// file is read), oldest first.
+    fn names(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u64, PathBuf)> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter_map(|p| {
+                let n = p.file_name()?.to_str()?.strip_suffix(".json")?.parse::<u64>().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The oldest report below `next` (the one to send), reading only it.
+    pub fn head_below(&self, next: u64) -> Option<Entry> {
+        for (n, path) in self.names().into_iter().take_while(|(n, _)| *n < next) {
+            let Ok(b) = fs::read(&path) else { continue };
+            let Ok(envelope) = serde_json::from_slice::<Envelope>(&b) else {
+                continue;
+            };
+            let Ok(r) = serde_json::from_str::<Report>(&envelope.report) else {
+                continue;
+            };
+            return Some(Entry {
+                path,
+                seq_from: r.seq_from,
+                seq_to: n.max(r.seq_to),
+                envelope,
+            });
+        }
+        None
+    }
+
     pub fn len(&self) -> usize {
-        self.list().len()
+        self.names().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,7 +137,7 @@ impl Outbox {
 
     /// The highest sequence number in the outbox, if any.
     pub fn max_seq(&self) -> Option<u64> {
-        self.list().last().map(|e| e.seq_to)
+        self.names().last().map(|(n, _)| *n)
     }
 
     /// Removes an acknowledged report.
@@ -131,6 +169,9 @@ impl Outbox {
     pub fn bound(&self, max: usize, key: &NodeKey) -> std::io::Result<usize> {
         let mut merges = 0;
         loop {
+            if self.len() <= max.max(2) {
+                return Ok(merges);
+            }
             let all = self.list();
             if all.len() <= max.max(2) {
                 return Ok(merges);

@@ -369,10 +369,7 @@ pub async fn deliver(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
             let Some(engine) = shared.usage.as_ref() else { return };
             let e = lock(engine);
             let next = e.next_seq();
-            (
-                e.outbox.list().into_iter().find(|x| x.seq_to < next),
-                e.settings.clone(),
-            )
+            (e.outbox.head_below(next), e.settings.clone())
         };
         let Some(head) = head else {
             failures = 0;
