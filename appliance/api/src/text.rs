@@ -173,6 +173,25 @@ pub(crate) fn render(st: &Status) -> String {
             );
         }
     }
+    match &st.enrollment {
+        Some(e) => {
+            let _ = writeln!(o, "ops       enrolled with {} as {}", e.ops, e.node);
+        }
+        None => {
+            let _ = writeln!(o, "ops       not enrolled");
+        }
+    }
+    if let Some(r) = &st.reports {
+        let _ = writeln!(
+            o,
+            "reports   {} waiting{}",
+            r.queued,
+            r.send_error
+                .as_ref()
+                .map(|e| format!(", last problem: {e}"))
+                .unwrap_or_default()
+        );
+    }
     if st.alerts.is_empty() {
         let _ = writeln!(o, "alerts    none");
     }

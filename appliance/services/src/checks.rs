@@ -148,7 +148,8 @@ async fn bbb(ctx: &Context, b: &BbbTarget, timeout: Duration) -> Outcome {
     let url = appliance_bbb::signed_url(&b.url, "getMeetings", &[], &b.secret, appliance_bbb::Algorithm::Sha256);
     let res = match ctx.http.get(&url).timeout(timeout).send().await {
         Ok(r) => r,
-        Err(e) => return Outcome::fail(format!("getMeetings: {}", error_chain(&e))),
+        // Without the URL: its checksum would let anyone repeat the call.
+        Err(e) => return Outcome::fail(format!("getMeetings: {}", error_chain(&e.without_url()))),
     };
     let status = res.status();
     let body = res.text().await.unwrap_or_default();
