@@ -56,22 +56,12 @@ fn fmt_value(v: f64, unit: &str) -> String {
 }
 
 fn fmt_time(t: u64, span: u64) -> String {
-    let secs_of_day = t % 86400;
-    let (h, m) = (secs_of_day / 3600, secs_of_day / 60 % 60);
+    // "2026-11-02T14:30:00Z": the date matters only when the graph spans days.
+    let full = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)).to_string();
     if span > 2 * 86400 {
-        let days = t / 86400;
-        // Civil date from days since the epoch (Howard Hinnant's algorithm).
-        let z = days as i64 + 719468;
-        let era = z.div_euclid(146097);
-        let doe = z - era * 146097;
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-        format!("{mo:02}-{d:02} {h:02}:{m:02}")
+        full[5..16].replace('T', " ")
     } else {
-        format!("{h:02}:{m:02} UTC")
+        format!("{} UTC", &full[11..16])
     }
 }
 

@@ -170,7 +170,10 @@ fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String], now
     })
 }
 
-/// Writes `path` so that a crash leaves either the old or the new file.
+/// Writes a small state file so that a crash leaves either the old or the
+/// new content, and the new content is on disk when this returns (file and
+/// directory fsynced). Used for keys, certificates and the node's other
+/// small state files, with the mode they need from the start.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -183,8 +186,16 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]
@@ -231,15 +242,22 @@ mod tests {
 /// one with this SHA-256 fingerprint (as enrollment tokens carry it). No
 /// certificate authority is involved, and no trust on first use.
 pub fn pinned_client_config(fingerprint: &str) -> rustls::ClientConfig {
+    client_config(Some(fingerprint.to_ascii_uppercase()))
+}
+
+/// A TLS client configuration that accepts any certificate: only for
+/// reading a server's certificate (its expiry), never for trusting it.
+pub fn any_certificate_client_config() -> rustls::ClientConfig {
+    client_config(None)
+}
+
+fn client_config(fingerprint: Option<String>) -> rustls::ClientConfig {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default versions")
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned {
-            fingerprint: fingerprint.to_ascii_uppercase(),
-            provider,
-        }))
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned { fingerprint, provider }))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg
@@ -250,7 +268,8 @@ pub const PIN_MISMATCH: &str = "does not match the pinned fingerprint";
 
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: String,
+    /// `None` accepts any certificate.
+    fingerprint: Option<String>,
     provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -264,13 +283,11 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let got = fingerprint(end_entity);
-        if got == self.fingerprint {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate {got} {PIN_MISMATCH} {}",
-                self.fingerprint
-            )))
+        match &self.fingerprint {
+            Some(want) if *want != got => Err(rustls::Error::General(format!(
+                "certificate {got} {PIN_MISMATCH} {want}"
+            ))),
+            _ => Ok(rustls::client::danger::ServerCertVerified::assertion()),
         }
     }
 

@@ -162,53 +162,9 @@ async fn bbb(ctx: &Context, b: &BbbTarget, timeout: Duration) -> Outcome {
     }
 }
 
-/// Accepts any certificate: this check reads the expiry date, it does not
-/// decide trust.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 async fn tls_expiry(address: &str, warn_days: u32, critical_days: u32) -> Outcome {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config =
-        match rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
-            Ok(b) => b
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-                .with_no_client_auth(),
-            Err(e) => return Outcome::fail(e.to_string()),
-        };
+    // Any certificate: this check reads the expiry date, it does not decide trust.
+    let config = appliance_certs::any_certificate_client_config();
     let host = address
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
@@ -305,7 +261,8 @@ pub fn disk_outcome(path: &str, avail: f64, used: f64, min_free_ratio: f64) -> O
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

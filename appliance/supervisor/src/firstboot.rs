@@ -3,8 +3,7 @@
 //! root before bbb-web and the supervisor (appliance-firstboot.service).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -66,19 +65,7 @@ pub fn new_secret() -> Result<String> {
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
-    let tmp = path.with_extension("appliance-tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| tmp.display().to_string())?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| tmp.display().to_string())?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| path.display().to_string())
+    Ok(appliance_certs::write_atomic(path, text.as_bytes(), mode)?)
 }
 
 /// Replaces a default secret in `properties` (when the file exists) and

@@ -10,8 +10,6 @@
 //! the range of the sequence numbers it replaces.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use appliance_usage::{Envelope, NodeKey, Report};
@@ -33,18 +31,7 @@ pub struct Entry {
 /// Writes a file so that a crash leaves either nothing or all of it, and
 /// it is on disk when this returns.
 pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    appliance_certs::write_atomic(path, data, 0o600).map_err(std::io::Error::other)
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {

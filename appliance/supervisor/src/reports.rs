@@ -21,6 +21,8 @@ use appliance_usage::protocol::{EnrollResponse, ErrorBody};
 use appliance_usage::{Accumulator, Ack, EnrollRequest, NodeKey, Period, Report, Resources, Seen, Token};
 use serde::{Deserialize, Serialize};
 
+use appliance_services::checks::error_chain;
+
 use crate::outbox::{Outbox, write_durable};
 use crate::state::{Shared, lock};
 
@@ -303,17 +305,6 @@ pub fn ops_client(fingerprint: &str) -> Result<reqwest::Client, String> {
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn send(client: &reqwest::Client, url: &str, e: &crate::outbox::Entry) -> Sent {
