@@ -456,32 +456,49 @@ async fn service_form(
     Path((name, action)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let s = match ctx.operator(&st, f.csrf.as_deref()) {
-        Ok(s) => s,
-        Err(r) => {
-            ctx.audit(
-                &st,
-                ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"),
-                &format!("service {action}"),
-                &name,
-                "refused",
-            );
-            return r;
-        }
+    let res = match service_action(&ctx, &st, &name, &action, f.csrf.as_deref()).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
     };
-    let Some(action) = parse_action(&action) else {
-        return refuse(&ctx, &st, StatusCode::NOT_FOUND, "unknown action");
+    let msg = match &res {
+        Ok(m) => m.clone(),
+        Err(e) => e.clone(),
     };
-    let res = st.backend.service_action(name.clone(), action).await;
-    let (outcome, msg) = match &res {
-        Ok(m) => ("ok".to_string(), m.clone()),
-        Err(e) => (e.clone(), e.clone()),
-    };
-    ctx.audit(&st, &s.user, &format!("service {}", action.as_str()), &name, &outcome);
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("msg", &msg)
         .finish();
     Redirect::to(&format!("/services?{q}")).into_response()
+}
+
+/// An operator's service action from a form or the API: role and CSRF
+/// checked, carried out, audited either way. `Err` is the refusal to send.
+async fn service_action(
+    ctx: &Ctx,
+    st: &AdminState,
+    name: &str,
+    action: &str,
+    csrf: Option<&str>,
+) -> Result<Result<String, String>, Response> {
+    let s = match ctx.operator(st, csrf) {
+        Ok(s) => s,
+        Err(r) => {
+            let who = ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-");
+            ctx.audit(st, who, &format!("service {action}"), name, "refused");
+            return Err(r);
+        }
+    };
+    let Some(act) = parse_action(action) else {
+        return Err(refuse(
+            ctx,
+            st,
+            StatusCode::NOT_FOUND,
+            "unknown action: restart or reset",
+        ));
+    };
+    let res = st.backend.service_action(name.to_string(), act).await;
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone());
+    ctx.audit(st, &s.user, &format!("service {}", act.as_str()), name, &outcome);
+    Ok(res)
 }
 
 fn parse_action(a: &str) -> Option<ServiceAction> {
@@ -737,25 +754,10 @@ async fn api_service_action(
     headers: HeaderMap,
 ) -> Response {
     let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    let s = match ctx.operator(&st, csrf) {
-        Ok(s) => s,
-        Err(r) => {
-            ctx.audit(
-                &st,
-                ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"),
-                &format!("service {action}"),
-                &name,
-                "refused",
-            );
-            return r;
-        }
+    let res = match service_action(&ctx, &st, &name, &action, csrf).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
     };
-    let Some(act) = parse_action(&action) else {
-        return refuse(&ctx, &st, StatusCode::NOT_FOUND, "unknown action: restart or reset");
-    };
-    let res = st.backend.service_action(name.clone(), act).await;
-    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone());
-    ctx.audit(&st, &s.user, &format!("service {}", act.as_str()), &name, &outcome);
     match res {
         Ok(m) => Json(serde_json::json!({ "ok": true, "message": m })).into_response(),
         Err(e) => (
