@@ -56,6 +56,20 @@ fn reachable(a: &IpAddr) -> bool {
     }
 }
 
+/// A QR code of `text` in Unicode half blocks, light on dark (for a
+/// console with a dark background), with its quiet zone.
+pub fn qr(text: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 /// The whole screen. `info` is `None` when the supervisor does not answer.
 pub fn render(
     info: Option<&Info>,
@@ -63,6 +77,19 @@ pub fn render(
     version: &str,
     ifaces: &[Iface],
     error: Option<&str>,
+) -> String {
+    render_with(info, node_fallback, version, ifaces, error, false)
+}
+
+/// [`render`], with a QR code of the admin URL at the end when `with_qr`
+/// (the screen has room; a serial terminal of 24 lines does not).
+pub fn render_with(
+    info: Option<&Info>,
+    node_fallback: &str,
+    version: &str,
+    ifaces: &[Iface],
+    error: Option<&str>,
+    with_qr: bool,
 ) -> String {
     let mut o = String::new();
     let node = info.map(|i| i.node.as_str()).unwrap_or(node_fallback);
@@ -136,6 +163,13 @@ pub fn render(
             }
         }
         let _ = writeln!(o, "Enrollment   {}", i.enrollment);
+    }
+    if with_qr {
+        if let Some(code) = addrs.first().and_then(|a| qr(&url(a, port))) {
+            let _ = writeln!(o, "Scan to open the admin page:");
+            o.push_str(&code);
+            o.push('\n');
+        }
     }
     o
 }
@@ -256,6 +290,12 @@ mod tests {
             l.contains("Admin page   https://127.0.0.1:8443/\n") && !l.contains("https://192.0.2.20"),
             "{l}"
         );
+        let with = render_with(Some(&info(None)), "x", "0.1.0", &ifaces, None, true);
+        assert!(
+            with.contains("Scan to open the admin page:\n") && with.contains('\u{2588}'),
+            "a QR code in half blocks"
+        );
+        assert!(qr("https://192.0.2.20:8443/").unwrap().lines().count() >= 15);
         let down = render(None, "fallback-name", "0.1.0", &[], Some("connection refused"));
         assert!(
             down.contains("City node fallback-name")

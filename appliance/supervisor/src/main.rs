@@ -55,6 +55,9 @@ enum Command {
         /// Print the screen once and exit.
         #[arg(long)]
         once: bool,
+        /// Add a QR code of the admin URL (for a screen with room for it).
+        #[arg(long)]
+        qr: bool,
     },
     /// Enroll this node with global ops, using a token from
     /// `appliance-ops token create`.
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
         } => hw_detect(&cfg),
         Command::Services { command, json } => services(&cfg.control_socket(), command, json),
         Command::Firstboot => firstboot(&cfg),
-        Command::Console { once } => console(&cfg, once),
+        Command::Console { once, qr } => console(&cfg, once, qr),
         Command::Enroll { ops, token, force } => enroll(&cfg.control_socket(), ops, token, force),
     };
     match result {
@@ -174,7 +177,7 @@ fn enroll(socket: &Path, ops: String, token: String, force: bool) -> anyhow::Res
     Ok(())
 }
 
-fn console(cfg: &Config, once: bool) -> anyhow::Result<()> {
+fn console(cfg: &Config, once: bool, with_qr: bool) -> anyhow::Result<()> {
     use appliance_supervisor::console;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let socket = cfg.control_socket();
@@ -185,12 +188,13 @@ fn console(cfg: &Config, once: bool) -> anyhow::Result<()> {
             Err(e) => (None, Some(e.to_string())),
         };
         let ifaces = console::interfaces(&cfg.monitor.sysfs_root);
-        console::render(
+        console::render_with(
             info.as_ref(),
             &cfg.node_name(),
             env!("CARGO_PKG_VERSION"),
             &ifaces,
             err.as_deref(),
+            with_qr,
         )
     };
     if once {
