@@ -433,9 +433,15 @@ impl Sampler {
                     .map(|i| i.name.clone());
             lock(u).sample(&snap, uplink.as_deref());
         }
-        if health.summary != self.last_summary {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&health.summary)]);
-            self.last_summary = health.summary.clone();
+        // systemd's STATUS= carries the whole node's health, services too.
+        let mut all = active.clone();
+        if let Some(sv) = lock(&self.shared.services).as_ref() {
+            all.extend(sv.alerts.iter().cloned());
+        }
+        let summary = appliance_monitor::health::summarize(&all).summary;
+        if summary != self.last_summary {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
+            self.last_summary = summary;
         }
         let mut live = lock(&self.shared.live);
         live.snapshot = Some(Arc::new(snap));
