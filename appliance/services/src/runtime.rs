@@ -622,6 +622,10 @@ fn check_view(c: &CheckSpec, st: &CheckState) -> CheckView {
     }
 }
 
+/// How long a restarted unit must stay inactive before that counts as its
+/// outcome (and not a state the signals have not caught up with).
+const INACTIVE_IS_FINAL: Duration = Duration::from_secs(2);
+
 /// Restarts each service in order; each must be active before the next.
 async fn run_plan<M: ServiceManager>(mgr: &M, recipe: &Recipe, names: &[String]) -> Result<(), String> {
     let timeout = recipe.policy.start_timeout;
@@ -636,13 +640,22 @@ async fn run_plan<M: ServiceManager>(mgr: &M, recipe: &Recipe, names: &[String])
         let before = mgr.status(unit).await.map(|s| s.invocation_id).unwrap_or_default();
         mgr.restart(unit).await.map_err(|e| format!("restart {unit}: {e}"))?;
         let deadline = Instant::now() + timeout;
+        // The new invocation id can arrive (by signal) before the state
+        // leaves the "inactive" that reset-failed left: only an inactive
+        // state that lasts is an answer.
+        let mut inactive_since: Option<Instant> = None;
         loop {
             let st = mgr.status(unit).await.map_err(|e| e.to_string())?;
             let new = !st.invocation_id.is_empty() && st.invocation_id != before;
             match st.active_state.as_str() {
                 "active" if new => break,
-                "failed" | "inactive" if new => return Err(format!("{unit} is {} after restart", st.active_state)),
-                _ => {}
+                "failed" if new => return Err(format!("{unit} failed after restart")),
+                "inactive" if new => {
+                    if inactive_since.get_or_insert_with(Instant::now).elapsed() >= INACTIVE_IS_FINAL {
+                        return Err(format!("{unit} is inactive after restart"));
+                    }
+                }
+                _ => inactive_since = None,
             }
             if Instant::now() > deadline {
                 return Err(format!(
