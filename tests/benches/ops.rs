@@ -58,6 +58,7 @@ fn release_bins() -> PathBuf {
 fn report(node_id: &str, seq: u64, from: i64) -> Report {
     Report {
         node_id: node_id.into(),
+        epoch: 1,
         seq_from: seq,
         seq_to: seq,
         from,
@@ -144,7 +145,7 @@ fn main() {
             let key = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
             let name = format!("node-{i:05}");
             let secret = store.create_token(&name, now, 3600).unwrap();
-            let id = store
+            let (id, _) = store
                 .enroll(
                     &EnrollRequest {
                         secret,
@@ -156,7 +157,8 @@ fn main() {
                     now,
                 )
                 .unwrap();
-            envelopes.push(key.seal(&report(&id, 1, now - 300)));
+            // Periods on 5-minute marks never cross a month boundary.
+            envelopes.push(key.seal(&report(&id, 1, now / 300 * 300 - 300)));
         }
     }
     let (ops, fp) = start_ops(&bins, &config, port);
@@ -316,7 +318,7 @@ fn main() {
     let outbox = state.join("usage/outbox");
     std::fs::create_dir_all(&outbox).unwrap();
     for seq in 1..=OFFLINE_REPORTS {
-        let env = key.seal(&report(&node_id, seq, now - 7 * 86400 + seq as i64 * 300));
+        let env = key.seal(&report(&node_id, seq, (now - 7 * 86400) / 300 * 300 + seq as i64 * 300));
         std::fs::write(
             outbox.join(format!("{seq:020}.json")),
             serde_json::to_vec(&env).unwrap(),

@@ -50,8 +50,15 @@ pub struct ReportsView {
     pub queued: u64,
     /// Unix time of the last acknowledged report.
     pub last_success: Option<f64>,
+    /// Ops could not be reached; reports wait.
     pub send_error: Option<String>,
+    /// Ops refused the oldest report (its reason); it stays queued.
+    #[serde(default)]
+    pub refused: Option<String>,
     pub write_error: Option<String>,
+    /// Usage state, enrollment or key cannot be read: nothing is counted.
+    #[serde(default)]
+    pub state_error: Option<String>,
 }
 
 /// What the last getMeetings said.

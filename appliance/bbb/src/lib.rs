@@ -121,6 +121,24 @@ pub struct Meeting {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The member organisation a meeting belongs to, from its `meta_<key>`
+/// metadata (`key` lowercased, as BBB returns it). A breakout room belongs
+/// to its parent meeting's member whatever tag it carries itself: BBB
+/// creates rooms internally, often without the parent's metadata, and a
+/// room is part of the meeting that opened it. Only when the parent is not
+/// in `all` does a room's own tag count. `None`: nobody says.
+pub fn member_of<'a>(all: &'a [Meeting], m: &'a Meeting, key: &str) -> Option<&'a str> {
+    let own = |x: &'a Meeting| x.metadata.get(key).map(String::as_str).filter(|v| !v.is_empty());
+    let parent = m
+        .parent_meeting_id
+        .as_ref()
+        .and_then(|p| all.iter().find(|x| &x.internal_meeting_id == p));
+    match parent {
+        Some(p) => own(p),
+        None => own(m),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("BBB answered with invalid XML: {0}")]
@@ -226,5 +244,50 @@ mod tests {
         for (raw, allowed, want, name) in cases {
             assert_eq!(verify("getMeetingInfo", &raw, s, allowed), want, "{name}");
         }
+    }
+
+    #[test]
+    fn breakout_rooms_belong_to_their_parents_member() {
+        let meeting = |id: &str, member: Option<&str>, parent: Option<&str>| Meeting {
+            meeting_id: id.into(),
+            internal_meeting_id: format!("i-{id}"),
+            name: id.into(),
+            running: true,
+            create_time: 0,
+            start_time: 0,
+            end_time: 0,
+            participant_count: 1,
+            moderator_count: 0,
+            listener_count: 0,
+            voice_participant_count: 0,
+            video_count: 0,
+            is_breakout: parent.is_some(),
+            parent_meeting_id: parent.map(|p| format!("i-{p}")),
+            metadata: member
+                .map(|m| [("member".to_string(), m.to_string())].into())
+                .unwrap_or_default(),
+        };
+        let all = vec![
+            meeting("board", Some("coop-a"), None),
+            meeting("room-untagged", None, Some("board")),
+            meeting("room-tagged-other", Some("coop-b"), Some("board")),
+            meeting("plain", None, None),
+            meeting("room-of-plain", Some("coop-c"), Some("plain")),
+            meeting("orphan", Some("coop-d"), Some("gone")),
+            meeting("empty-tag", Some(""), None),
+        ];
+        let got: Vec<Option<&str>> = all.iter().map(|m| member_of(&all, m, "member")).collect();
+        assert_eq!(
+            got,
+            [
+                Some("coop-a"),
+                Some("coop-a"),
+                Some("coop-a"),
+                None,
+                None,
+                Some("coop-d"),
+                None
+            ]
+        );
     }
 }

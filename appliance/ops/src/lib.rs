@@ -25,10 +25,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 pub mod store;
+pub mod validate;
 
 use appliance_usage::protocol::{EnrollResponse, ErrorBody};
 use appliance_usage::{EnrollRequest, Envelope};
 use store::{Refusal, Store};
+use validate::Limits;
 
 /// `appliance-ops` config (TOML, every key known).
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +52,14 @@ pub struct Config {
     /// Extra names for ops's self-signed certificate (its host names).
     #[serde(default)]
     pub certificate_names: Vec<String>,
+    /// More participants than this at once on one node is impossible:
+    /// reports that claim more are refused (see docs/ops.md).
+    #[serde(default = "default_max_participants")]
+    pub max_participants: u32,
+    /// How far a node's clock may run ahead of ops's before its reports
+    /// count as future-dated.
+    #[serde(default = "default_clock_skew", with = "humantime_serde_compat")]
+    pub clock_skew: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -60,6 +70,14 @@ fn default_report() -> Duration {
 }
 fn default_token_ttl() -> Duration {
     Duration::from_secs(7 * 86400)
+}
+fn default_max_participants() -> u32 {
+    // Ten times what BBB's own documentation says one server holds (about
+    // 200): a bound on the impossible, not a licence limit.
+    2000
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Durations as people write them ("5m", "7d").
@@ -100,7 +118,25 @@ impl Config {
         if c.report_interval < Duration::from_secs(1) {
             return Err(format!("{}: report_interval: must be at least 1s", path.display()));
         }
+        if !(1..=1_000_000).contains(&c.max_participants) {
+            return Err(format!(
+                "{}: max_participants: {} must be from 1 to 1000000",
+                path.display(),
+                c.max_participants
+            ));
+        }
+        if c.clock_skew > Duration::from_secs(86_400) {
+            return Err(format!("{}: clock_skew: must be at most 1d", path.display()));
+        }
         Ok(c)
+    }
+
+    /// What a report may claim.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_participants: self.max_participants,
+            clock_skew: self.clock_skew.as_secs() as i64,
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -134,9 +170,14 @@ pub fn status_of(r: &Refusal) -> StatusCode {
         Refusal::WrongNode { .. } => StatusCode::FORBIDDEN,
         Refusal::Revoked(_) => StatusCode::FORBIDDEN,
         Refusal::UnknownNode(_) => StatusCode::FORBIDDEN,
+        Refusal::UnknownEpoch { .. } => StatusCode::FORBIDDEN,
+        Refusal::RetiredEpoch { .. } => StatusCode::FORBIDDEN,
         Refusal::BadSignature(_) => StatusCode::FORBIDDEN,
         Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
         Refusal::Overlap(_, _) => StatusCode::CONFLICT,
+        Refusal::Conflict { .. } => StatusCode::CONFLICT,
+        Refusal::PeriodOverlap { .. } => StatusCode::CONFLICT,
+        Refusal::Implausible(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Refusal::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -149,6 +190,7 @@ fn refuse(r: Refusal) -> Response {
 pub struct OpsState {
     pub store: Arc<Mutex<Store>>,
     pub report_interval: Duration,
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for OpsState {
@@ -182,11 +224,12 @@ async fn enroll(State(st): State<OpsState>, body: axum::body::Bytes) -> Response
     let res =
         tokio::task::spawn_blocking(move || store.lock().unwrap_or_else(|e| e.into_inner()).enroll(&req, now())).await;
     match res {
-        Ok(Ok(id)) => {
-            log::info!("enrolled node {name} as {id}");
+        Ok(Ok((id, epoch))) => {
+            log::info!("enrolled node {name} as {id} (enrollment {epoch})");
             Json(EnrollResponse {
                 node_id: id,
                 node: name,
+                epoch,
                 report_interval_secs: st.report_interval.as_secs(),
                 reports_path: "/api/v1/reports".into(),
                 updates_url: None,
@@ -207,8 +250,14 @@ async fn report(State(st): State<OpsState>, body: axum::body::Bytes) -> Response
         Err(e) => return refuse(Refusal::Malformed(e.to_string())),
     };
     let store = st.store.clone();
-    let res =
-        tokio::task::spawn_blocking(move || store.lock().unwrap_or_else(|e| e.into_inner()).ingest(&env, now())).await;
+    let limits = st.limits;
+    let res = tokio::task::spawn_blocking(move || {
+        store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ingest(&env, now(), limits)
+    })
+    .await;
     match res {
         Ok(Ok(ack)) => Json(ack).into_response(),
         Ok(Err(r)) => {

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use appliance_ops::store::{Store, month_range, utc};
+use appliance_ops::store::{Store, utc};
 use appliance_ops::{Config, OpsState};
+use appliance_usage::Month;
 use appliance_usage::Token;
 use clap::{Parser, Subcommand};
 
@@ -39,8 +40,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Every node: version, last report, health, enrolled since.
-    Nodes,
+    /// Every node: version, last report, health, enrolled since, refused reports.
+    Nodes {
+        /// The same as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Usage of one month, per node and member organisation.
     Usage {
         /// YYYY-MM (UTC).
@@ -147,31 +152,54 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
             println!("{}", token.encode());
             Ok(())
         }
-        Command::Nodes => {
+        Command::Nodes { json } => {
             let store = open(&cfg)?;
+            let nodes = store.nodes().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(());
+            }
             println!(
-                "{:<20} {:<10} {:<26} {:<26} {:<8} {:<34}",
-                "NODE", "VERSION", "ENROLLED", "LAST REPORT", "REVOKED", "ID"
+                "{:<20} {:<10} {:<24} {:<24} {:<7} {:<8} {:<8} {:<33} HEALTH",
+                "NODE", "VERSION", "ENROLLED", "LAST REPORT", "EPOCH", "REVOKED", "REFUSED", "ID"
             );
-            for n in store.nodes().map_err(|e| anyhow::anyhow!("{e}"))? {
+            for n in &nodes {
                 println!(
-                    "{:<20} {:<10} {:<26} {:<26} {:<8} {:<34} {}",
+                    "{:<20} {:<10} {:<24} {:<24} {:<7} {:<8} {:<8} {:<33} {}",
                     n.name,
                     n.version,
                     utc(n.enrolled),
                     n.last_report.map(utc).unwrap_or_else(|| "never".into()),
+                    n.epoch,
                     if n.revoked { "yes" } else { "no" },
+                    n.refusals,
                     n.id,
-                    n.health.unwrap_or_default()
+                    n.health.as_deref().unwrap_or_default()
+                );
+            }
+            for n in nodes.iter().filter(|n| n.refusals > 0) {
+                println!(
+                    "refused: node {} had {} report(s) refused; the last on {}: {}",
+                    n.name,
+                    n.refusals,
+                    n.last_refusal_at.map(utc).unwrap_or_default(),
+                    n.last_refusal.as_deref().unwrap_or_default()
                 );
             }
             Ok(())
         }
         Command::Usage { month, csv } => {
-            let (start, end) =
-                month_range(&month).ok_or_else(|| Usage(format!("--month {month:?}: expected YYYY-MM")))?;
+            let m = Month::parse(&month)
+                .filter(|m| (1970..=9999).contains(&m.year))
+                .ok_or_else(|| Usage(format!("--month {month:?}: expected YYYY-MM")))?;
             let store = open(&cfg)?;
-            let rows = store.usage(start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let usage = store.usage(m).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // A node whose stored rows cannot be summed is left out and
+            // named; every other node's figures are exact.
+            for (node, why) in &usage.left_out {
+                eprintln!("warning: node {node} is left out of {month}: its stored figures cannot be summed ({why})");
+            }
+            let rows = usage.rows;
             if csv {
                 println!(
                     "node,member,meetings,meeting_seconds,participant_seconds,peak_participants,longest_meeting_seconds"
@@ -206,12 +234,16 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                         r.longest_meeting_seconds as f64 / 60.0
                     );
                 }
-                for (node, from, to) in store.gaps(start, end).map_err(|e| anyhow::anyhow!("{e}"))? {
+                for (node, from, to, reason) in store.gaps(m).map_err(|e| anyhow::anyhow!("{e}"))? {
                     println!(
-                        "gap: node {node} could not count usage from {} to {} (BBB did not answer)",
+                        "gap: node {node} could not count usage from {} to {} ({})",
                         utc(from),
-                        utc(to)
+                        utc(to),
+                        reason.describe()
                     );
+                }
+                for (node, why) in &usage.left_out {
+                    println!("left out: node {node}: its stored figures cannot be summed ({why})");
                 }
             }
             Ok(())
@@ -251,6 +283,7 @@ fn serve(cfg: Config) -> Result<()> {
         let app = appliance_ops::router(OpsState {
             store: Arc::new(Mutex::new(store)),
             report_interval: cfg.report_interval,
+            limits: cfg.limits(),
         });
         log::info!(
             "global ops listening on https://{} (public URL {})",

@@ -1,16 +1,27 @@
-//! The ops database (SQLite): enrollment tokens, nodes, reports and the
-//! usage rows they carry. Every report is stored in one transaction with
-//! its rows, and committed with a full fsync before it is acknowledged, so
-//! an acknowledged report is never lost and a resent one is never counted
-//! twice (reports are unique per node and sequence number).
+//! The ops database (SQLite): enrollment tokens, nodes and their
+//! enrollments (epochs), reports and the usage rows they carry.
+//!
+//! Every report is stored in one transaction with its rows, and committed
+//! with a full fsync before it is acknowledged, so an acknowledged report
+//! is never lost. Reports are unique per (node, epoch, sequence number):
+//! each enrollment starts a new epoch, so a replaced box that numbers its
+//! reports from 1 again collides with nothing the old one sent. A resend
+//! that is byte for byte the stored report is acknowledged as a duplicate;
+//! anything else that claims a stored number, or a stored stretch of time,
+//! is refused.
+//!
+//! Monthly sums run per node and fail per node: one node's damaged rows
+//! cannot make the month unreadable for the others.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use appliance_usage::protocol::{EnrollRequest, Envelope, Report};
-use appliance_usage::{Ack, Token};
+use appliance_usage::{Ack, GapReason, Month, Token};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+
+use crate::validate::{self, Implausible, Limits};
 
 /// Why ops refused something; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,12 +38,33 @@ pub enum Refusal {
     Revoked(String),
     #[error("unknown node {0:?}: enroll it first")]
     UnknownNode(String),
+    #[error("node {node:?} has no enrollment {epoch}")]
+    UnknownEpoch { node: String, epoch: u64 },
+    #[error(
+        "report of enrollment {epoch}, whose key was replaced when node {node:?} enrolled again: refused (a stolen key must not keep reporting)"
+    )]
+    RetiredEpoch { node: String, epoch: u64 },
     #[error("the report's signature does not verify with the key of node {0:?}")]
     BadSignature(String),
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("report range {0}..={1} overlaps reports already stored")]
     Overlap(u64, u64),
+    #[error(
+        "report {seq} of enrollment {epoch} differs from the report {seq} stored before: refused, the stored one counts"
+    )]
+    Conflict { epoch: u64, seq: u64 },
+    #[error("its period {} to {} overlaps stored report {seq} of enrollment {epoch} ({} to {}): that time was counted already", utc(*from), utc(*to), utc(*stored_from), utc(*stored_to))]
+    PeriodOverlap {
+        from: i64,
+        to: i64,
+        epoch: u64,
+        seq: u64,
+        stored_from: i64,
+        stored_to: i64,
+    },
+    #[error("implausible report: {0}")]
+    Implausible(#[from] Implausible),
     #[error("ops storage failed: {0}")]
     Storage(String),
 }
@@ -60,9 +92,15 @@ pub struct NodeRow {
     pub name: String,
     pub version: String,
     pub enrolled: i64,
+    /// The current enrollment's number (1 + re-enrollments).
+    pub epoch: u64,
     pub revoked: bool,
     pub last_report: Option<i64>,
     pub health: Option<String>,
+    /// Reports refused so far, and the last reason.
+    pub refusals: u64,
+    pub last_refusal: Option<String>,
+    pub last_refusal_at: Option<i64>,
 }
 
 /// A line of the monthly usage.
@@ -77,6 +115,17 @@ pub struct UsageRow {
     pub longest_meeting_seconds: u64,
 }
 
+/// A month's usage: the rows, and the nodes whose stored rows could not be
+/// summed (left out, with the reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthUsage {
+    pub rows: Vec<UsageRow>,
+    pub left_out: Vec<(String, String)>,
+}
+
+/// A gap a node reported: (node, from, to, why).
+pub type GapRow = (String, i64, i64, GapReason);
+
 fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).expect("the kernel's random source");
@@ -85,7 +134,7 @@ fn random_hex(n: usize) -> String {
 
 /// A unix time as people read it: `2026-11-02 14:30:00 UTC`.
 pub fn utc(t: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.clamp(0, 253_402_300_799) as u64);
     humantime::format_rfc3339_seconds(at)
         .to_string()
         .replace('T', " ")
@@ -94,46 +143,124 @@ pub fn utc(t: i64) -> String {
 
 /// Unix seconds of the first instant of `YYYY-MM` and of the next month.
 pub fn month_range(month: &str) -> Option<(i64, i64)> {
-    let (y, m) = month.split_once('-')?;
-    let (y, m): (i64, i64) = (y.parse().ok()?, m.parse().ok()?);
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || month.len() != 7 {
-        return None;
+    let m = Month::parse(month)?;
+    (1970..=9999).contains(&m.year).then(|| (m.start(), m.end()))
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// The schema of version 1, for a new database.
+const SCHEMA: &str = "
+CREATE TABLE tokens (hash TEXT PRIMARY KEY, node TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL, used INTEGER);
+CREATE TABLE nodes (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, public_key TEXT NOT NULL, enrolled INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0, version TEXT NOT NULL, facts TEXT NOT NULL, last_report INTEGER, health TEXT,
+    epoch INTEGER NOT NULL DEFAULT 1, refusals INTEGER NOT NULL DEFAULT 0, last_refusal TEXT, last_refusal_at INTEGER);
+CREATE TABLE epochs (node_id TEXT NOT NULL REFERENCES nodes(id), epoch INTEGER NOT NULL, public_key TEXT NOT NULL,
+    enrolled INTEGER NOT NULL, PRIMARY KEY (node_id, epoch));
+CREATE TABLE reports (node_id TEXT NOT NULL REFERENCES nodes(id), epoch INTEGER NOT NULL, seq_from INTEGER NOT NULL,
+    seq_to INTEGER NOT NULL, period_from INTEGER NOT NULL, period_to INTEGER NOT NULL, received INTEGER NOT NULL,
+    body TEXT NOT NULL, signature TEXT NOT NULL, PRIMARY KEY (node_id, epoch, seq_to));
+CREATE TABLE usage (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL, period_from INTEGER NOT NULL,
+    meeting_seconds INTEGER NOT NULL, participant_seconds INTEGER NOT NULL, peak INTEGER NOT NULL, epoch INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE meetings (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, meeting_id TEXT NOT NULL, member TEXT NOT NULL,
+    period_from INTEGER NOT NULL, seconds INTEGER NOT NULL, epoch INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTEGER NOT NULL, gap_to INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 1, reason TEXT NOT NULL DEFAULT 'no_answer');
+";
+
+/// Indexes of version 1 (made after a migration too).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS reports_node_period ON reports (node_id, period_from);
+CREATE INDEX IF NOT EXISTS usage_node_period ON usage (node_id, period_from);
+CREATE INDEX IF NOT EXISTS meetings_node_period ON meetings (node_id, period_from);
+CREATE INDEX IF NOT EXISTS gaps_from ON gaps (gap_from);
+";
+
+/// From the first release's schema (no epochs, no refusals, gaps without a
+/// reason): its reports become enrollment 1 of their nodes.
+const MIGRATE_0_TO_1: &str = "
+ALTER TABLE nodes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE nodes ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN last_refusal TEXT;
+ALTER TABLE nodes ADD COLUMN last_refusal_at INTEGER;
+CREATE TABLE epochs (node_id TEXT NOT NULL REFERENCES nodes(id), epoch INTEGER NOT NULL, public_key TEXT NOT NULL,
+    enrolled INTEGER NOT NULL, PRIMARY KEY (node_id, epoch));
+INSERT INTO epochs (node_id, epoch, public_key, enrolled) SELECT id, 1, public_key, enrolled FROM nodes;
+ALTER TABLE reports RENAME TO reports_v0;
+CREATE TABLE reports (node_id TEXT NOT NULL REFERENCES nodes(id), epoch INTEGER NOT NULL, seq_from INTEGER NOT NULL,
+    seq_to INTEGER NOT NULL, period_from INTEGER NOT NULL, period_to INTEGER NOT NULL, received INTEGER NOT NULL,
+    body TEXT NOT NULL, signature TEXT NOT NULL, PRIMARY KEY (node_id, epoch, seq_to));
+INSERT INTO reports (node_id, epoch, seq_from, seq_to, period_from, period_to, received, body, signature)
+    SELECT node_id, 1, seq_from, seq_to, period_from, period_to, received, body, signature FROM reports_v0;
+DROP TABLE reports_v0;
+ALTER TABLE usage ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE meetings ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE gaps ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE gaps ADD COLUMN reason TEXT NOT NULL DEFAULT 'no_answer';
+DROP INDEX IF EXISTS usage_period;
+DROP INDEX IF EXISTS meetings_period;
+";
+
+fn reason_text(r: GapReason) -> &'static str {
+    match r {
+        GapReason::NoAnswer => "no_answer",
+        GapReason::NotPolled => "not_polled",
     }
-    let days = |y: i64, m: i64| {
-        // Days from the epoch to the first of the month (civil calendar).
-        let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * m + 2) / 5;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146097 + doe - 719468
-    };
-    let start = days(y, m) * 86400;
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    Some((start, days(ny, nm) * 86400))
+}
+
+fn reason_from(s: &str) -> GapReason {
+    match s {
+        "not_polled" => GapReason::NotPolled,
+        _ => GapReason::NoAnswer,
+    }
+}
+
+/// A stored integer column as u64 (sums of validated rows fit; anything
+/// else is damage from before validation).
+fn unsigned(v: i64, what: &str) -> Result<u64, String> {
+    u64::try_from(v).map_err(|_| format!("stored {what} is negative ({v})"))
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, Refusal> {
-        let db = Connection::open(path)?;
+        let mut db = Connection::open(path)?;
         // WAL for concurrent CLI reads while serving; FULL so a commit is on
         // disk before the report is acknowledged.
         db.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;
-             CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, node TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL, used INTEGER);
-             CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, public_key TEXT NOT NULL, enrolled INTEGER NOT NULL,
-                 revoked INTEGER NOT NULL DEFAULT 0, version TEXT NOT NULL, facts TEXT NOT NULL, last_report INTEGER, health TEXT);
-             CREATE TABLE IF NOT EXISTS reports (node_id TEXT NOT NULL REFERENCES nodes(id), seq_from INTEGER NOT NULL, seq_to INTEGER NOT NULL,
-                 period_from INTEGER NOT NULL, period_to INTEGER NOT NULL, received INTEGER NOT NULL, body TEXT NOT NULL, signature TEXT NOT NULL,
-                 PRIMARY KEY (node_id, seq_to));
-             CREATE TABLE IF NOT EXISTS usage (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL, period_from INTEGER NOT NULL,
-                 meeting_seconds INTEGER NOT NULL, participant_seconds INTEGER NOT NULL, peak INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS usage_period ON usage (period_from);
-             CREATE TABLE IF NOT EXISTS meetings (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, meeting_id TEXT NOT NULL, member TEXT NOT NULL,
-                 period_from INTEGER NOT NULL, seconds INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS meetings_period ON meetings (period_from);
-             CREATE TABLE IF NOT EXISTS gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTEGER NOT NULL, gap_to INTEGER NOT NULL);",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
         )?;
+        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let has_nodes: bool = db.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
+            [],
+            |r| r.get(0),
+        )?;
+        match (version, has_nodes) {
+            (0, false) => {
+                let tx = db.transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+                tx.commit()?;
+            }
+            (0, true) => {
+                let tx = db.transaction()?;
+                tx.execute_batch(MIGRATE_0_TO_1)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+                tx.commit()?;
+                log::info!(
+                    "{}: migrated to schema {SCHEMA_VERSION} (reports now keyed by enrollment)",
+                    path.display()
+                );
+            }
+            (SCHEMA_VERSION, _) => {}
+            (v, _) => {
+                return Err(Refusal::Storage(format!(
+                    "{}: schema version {v} is newer than this appliance-ops knows ({SCHEMA_VERSION}); use a newer appliance-ops",
+                    path.display()
+                )));
+            }
+        }
+        db.execute_batch(INDEXES)?;
         Ok(Store { db })
     }
 
@@ -142,13 +269,14 @@ impl Store {
         let secret = random_hex(32);
         self.db.execute(
             "INSERT INTO tokens (hash, node, created, expires) VALUES (?1, ?2, ?3, ?4)",
-            params![Token::secret_hash(&secret), node, now, now + ttl_secs],
+            params![Token::secret_hash(&secret), node, now, now.saturating_add(ttl_secs)],
         )?;
         Ok(secret)
     }
 
-    /// Enrolls (or re-enrolls, with a fresh token) a node.
-    pub fn enroll(&mut self, req: &EnrollRequest, now: i64) -> Result<String, Refusal> {
+    /// Enrolls (or re-enrolls, with a fresh token) a node; returns its id
+    /// and the number of this enrollment.
+    pub fn enroll(&mut self, req: &EnrollRequest, now: i64) -> Result<(String, u64), Refusal> {
         let tx = self.db.transaction()?;
         let tok: Option<(String, i64, Option<i64>)> = tx
             .query_row(
@@ -170,38 +298,45 @@ impl Store {
                 got: req.node.clone(),
             });
         }
-        let existing: Option<(String, i64)> = tx
-            .query_row("SELECT id, revoked FROM nodes WHERE name = ?1", params![node], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+        let existing: Option<(String, i64, i64)> = tx
+            .query_row(
+                "SELECT id, revoked, epoch FROM nodes WHERE name = ?1",
+                params![node],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
         let facts = serde_json::to_string(&req.facts).unwrap_or_default();
-        let id = match existing {
-            Some((_, revoked)) if revoked != 0 => return Err(Refusal::Revoked(node)),
-            // Re-enrollment (a replaced disk or box): the new key replaces
-            // the old one, which can no longer sign reports.
-            Some((id, _)) => {
+        let (id, epoch) = match existing {
+            Some((_, revoked, _)) if revoked != 0 => return Err(Refusal::Revoked(node)),
+            // Re-enrollment (a replaced disk or box): a new epoch with the
+            // new key. Earlier epochs whose key differs can no longer report.
+            Some((id, _, epoch)) => {
+                let epoch = epoch + 1;
                 tx.execute(
-                    "UPDATE nodes SET public_key = ?2, enrolled = ?3, version = ?4, facts = ?5 WHERE id = ?1",
-                    params![id, req.public_key, now, req.version, facts],
+                    "UPDATE nodes SET public_key = ?2, enrolled = ?3, version = ?4, facts = ?5, epoch = ?6 WHERE id = ?1",
+                    params![id, req.public_key, now, req.version, facts, epoch],
                 )?;
-                id
+                (id, epoch)
             }
             None => {
                 let id = random_hex(16);
                 tx.execute(
-                    "INSERT INTO nodes (id, name, public_key, enrolled, version, facts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO nodes (id, name, public_key, enrolled, version, facts, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
                     params![id, node, req.public_key, now, req.version, facts],
                 )?;
-                id
+                (id, 1)
             }
         };
+        tx.execute(
+            "INSERT INTO epochs (node_id, epoch, public_key, enrolled) VALUES (?1, ?2, ?3, ?4)",
+            params![id, epoch, req.public_key, now],
+        )?;
         tx.execute(
             "UPDATE tokens SET used = ?2 WHERE hash = ?1",
             params![Token::secret_hash(&req.secret), now],
         )?;
         tx.commit()?;
-        Ok(id)
+        Ok((id, epoch as u64))
     }
 
     pub fn revoke(&self, node: &str) -> Result<bool, Refusal> {
@@ -211,75 +346,164 @@ impl Store {
             > 0)
     }
 
-    /// Verifies and stores a report exactly once.
-    pub fn ingest(&mut self, env: &Envelope, now: i64) -> Result<Ack, Refusal> {
-        let claimed = env.claimed_node().map_err(|e| Refusal::Malformed(e.to_string()))?;
+    /// Verifies, checks and stores a report exactly once. A refusal of a
+    /// report that names an enrolled node is counted against that node, so
+    /// `appliance-ops nodes` shows it.
+    pub fn ingest(&mut self, env: &Envelope, now: i64, limits: Limits) -> Result<Ack, Refusal> {
+        let claim = env.claim().map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let res = self.ingest_claimed(env, &claim.node_id, claim.epoch, now, limits);
+        if let Err(r) = &res {
+            if !matches!(r, Refusal::Storage(_)) {
+                let _ = self.db.execute(
+                    "UPDATE nodes SET refusals = refusals + 1, last_refusal = ?2, last_refusal_at = ?3 WHERE id = ?1",
+                    params![claim.node_id, r.to_string(), now],
+                );
+            }
+        }
+        res
+    }
+
+    fn ingest_claimed(
+        &mut self,
+        env: &Envelope,
+        node_id: &str,
+        epoch: u64,
+        now: i64,
+        limits: Limits,
+    ) -> Result<Ack, Refusal> {
         let tx = self.db.transaction()?;
         let node: Option<(String, i64)> = tx
             .query_row(
                 "SELECT public_key, revoked FROM nodes WHERE id = ?1",
-                params![claimed],
+                params![node_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let (key, revoked) = node.ok_or_else(|| Refusal::UnknownNode(claimed.clone()))?;
+        let (current_key, revoked) = node.ok_or_else(|| Refusal::UnknownNode(node_id.to_string()))?;
         if revoked != 0 {
-            return Err(Refusal::Revoked(claimed));
+            return Err(Refusal::Revoked(node_id.to_string()));
         }
+        let epoch_i = i64::try_from(epoch).map_err(|_| Refusal::UnknownEpoch {
+            node: node_id.to_string(),
+            epoch,
+        })?;
+        let key: String = tx
+            .query_row(
+                "SELECT public_key FROM epochs WHERE node_id = ?1 AND epoch = ?2",
+                params![node_id, epoch_i],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| Refusal::UnknownEpoch {
+                node: node_id.to_string(),
+                epoch,
+            })?;
         let r: Report = env.open(&key).map_err(|e| match e {
             appliance_usage::protocol::Error::BadReport(m) => Refusal::Malformed(m),
-            _ => Refusal::BadSignature(claimed.clone()),
+            _ => Refusal::BadSignature(node_id.to_string()),
         })?;
-        let overlap: Option<(i64, i64)> = tx
+        if key != current_key {
+            return Err(Refusal::RetiredEpoch {
+                node: node_id.to_string(),
+                epoch,
+            });
+        }
+        let (seq_from, seq_to) = match (i64::try_from(r.seq_from), i64::try_from(r.seq_to)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return Err(Refusal::Malformed("sequence number out of range".into())),
+        };
+        let stored: Option<(i64, i64, String)> = tx
             .query_row(
-                "SELECT seq_from, seq_to FROM reports WHERE node_id = ?1 AND seq_from <= ?3 AND seq_to >= ?2 LIMIT 1",
-                params![r.node_id, r.seq_from as i64, r.seq_to as i64],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                "SELECT seq_from, seq_to, body FROM reports WHERE node_id = ?1 AND epoch = ?2 AND seq_from <= ?4 AND seq_to >= ?3 LIMIT 1",
+                params![node_id, epoch_i, seq_from, seq_to],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        match overlap {
-            Some((f, t)) if f as u64 == r.seq_from && t as u64 == r.seq_to => {
-                return Ok(Ack {
-                    acked: r.seq_to,
-                    duplicate: true,
-                });
+        match stored {
+            Some((f, t, body)) if (f, t) == (seq_from, seq_to) => {
+                return if body == env.report {
+                    Ok(Ack {
+                        acked: r.seq_to,
+                        duplicate: true,
+                    })
+                } else {
+                    Err(Refusal::Conflict { epoch, seq: r.seq_to })
+                };
             }
             Some(_) => return Err(Refusal::Overlap(r.seq_from, r.seq_to)),
             None => {}
         }
+        validate::check(&r, limits, now)?;
+        if r.from < r.to {
+            let overlap: Option<(i64, i64, i64, i64)> = tx
+                .query_row(
+                    "SELECT epoch, seq_to, period_from, period_to FROM reports
+                     WHERE node_id = ?1 AND period_from < ?3 AND period_to > ?2 LIMIT 1",
+                    params![node_id, r.from, r.to],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .optional()?;
+            if let Some((e, s, f, t)) = overlap {
+                return Err(Refusal::PeriodOverlap {
+                    from: r.from,
+                    to: r.to,
+                    epoch: e as u64,
+                    seq: s as u64,
+                    stored_from: f,
+                    stored_to: t,
+                });
+            }
+        }
+        // Validated figures are at most a month of seconds times the
+        // participant cap: they fit in SQLite's i64.
+        let int = |v: u64| i64::try_from(v).map_err(|_| Refusal::Malformed(format!("figure {v} out of range")));
         tx.execute(
-            "INSERT INTO reports (node_id, seq_from, seq_to, period_from, period_to, received, body, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![r.node_id, r.seq_from as i64, r.seq_to as i64, r.from, r.to, now, env.report, env.signature],
+            "INSERT INTO reports (node_id, epoch, seq_from, seq_to, period_from, period_to, received, body, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                node_id,
+                epoch_i,
+                seq_from,
+                seq_to,
+                r.from,
+                r.to,
+                now,
+                env.report,
+                env.signature
+            ],
         )?;
         for u in &r.usage {
             tx.execute(
-                "INSERT INTO usage (node_id, seq_to, member, period_from, meeting_seconds, participant_seconds, peak) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO usage (node_id, epoch, seq_to, member, period_from, meeting_seconds, participant_seconds, peak)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
-                    r.node_id,
-                    r.seq_to as i64,
+                    node_id,
+                    epoch_i,
+                    seq_to,
                     u.member,
                     r.from,
-                    u.usage.meeting_seconds as i64,
-                    u.usage.participant_seconds as i64,
-                    u.usage.peak_participants as i64
+                    int(u.usage.meeting_seconds)?,
+                    int(u.usage.participant_seconds)?,
+                    i64::from(u.usage.peak_participants)
                 ],
             )?;
         }
         for m in &r.meetings {
             tx.execute(
-                "INSERT INTO meetings (node_id, seq_to, meeting_id, member, period_from, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![r.node_id, r.seq_to as i64, m.id, m.member, r.from, m.seconds as i64],
+                "INSERT INTO meetings (node_id, epoch, seq_to, meeting_id, member, period_from, seconds)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![node_id, epoch_i, seq_to, m.id, m.member, r.from, int(m.seconds)?],
             )?;
         }
         for g in &r.gaps {
             tx.execute(
-                "INSERT INTO gaps (node_id, seq_to, gap_from, gap_to) VALUES (?1, ?2, ?3, ?4)",
-                params![r.node_id, r.seq_to as i64, g.from, g.to],
+                "INSERT INTO gaps (node_id, epoch, seq_to, gap_from, gap_to, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![node_id, epoch_i, seq_to, g.from, g.to, reason_text(g.reason)],
             )?;
         }
         tx.execute(
             "UPDATE nodes SET last_report = ?2, health = ?3, version = ?4 WHERE id = ?1",
-            params![r.node_id, now, r.health, r.firmware],
+            params![node_id, now, r.health, r.firmware],
         )?;
         tx.commit()?;
         Ok(Ack {
@@ -289,9 +513,10 @@ impl Store {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, Refusal> {
-        let mut q = self
-            .db
-            .prepare("SELECT id, name, version, enrolled, revoked, last_report, health FROM nodes ORDER BY name")?;
+        let mut q = self.db.prepare(
+            "SELECT id, name, version, enrolled, epoch, revoked, last_report, health, refusals, last_refusal, last_refusal_at
+             FROM nodes ORDER BY name",
+        )?;
         let rows = q
             .query_map([], |r| {
                 Ok(NodeRow {
@@ -299,83 +524,109 @@ impl Store {
                     name: r.get(1)?,
                     version: r.get(2)?,
                     enrolled: r.get(3)?,
-                    revoked: r.get::<_, i64>(4)? != 0,
-                    last_report: r.get(5)?,
-                    health: r.get(6)?,
+                    epoch: r.get::<_, i64>(4)?.max(0) as u64,
+                    revoked: r.get::<_, i64>(5)? != 0,
+                    last_report: r.get(6)?,
+                    health: r.get(7)?,
+                    refusals: r.get::<_, i64>(8)?.max(0) as u64,
+                    last_refusal: r.get(9)?,
+                    last_refusal_at: r.get(10)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
-    /// Usage per node and member organisation for the month [start, end).
-    pub fn usage(&self, start: i64, end: i64) -> Result<Vec<UsageRow>, Refusal> {
-        let mut rows: BTreeMap<(String, String), UsageRow> = BTreeMap::new();
-        let mut q = self.db.prepare(
-            "SELECT n.name, u.member, SUM(u.meeting_seconds), SUM(u.participant_seconds), MAX(u.peak)
-             FROM usage u JOIN nodes n ON n.id = u.node_id WHERE u.period_from >= ?1 AND u.period_from < ?2 GROUP BY n.name, u.member",
-        )?;
-        let it = q.query_map(params![start, end], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
-        for row in it {
-            let (node, member, ms, ps, peak) = row?;
-            rows.insert(
-                (node.clone(), member.clone()),
-                UsageRow {
-                    node,
-                    member,
-                    meetings: 0,
-                    meeting_seconds: ms as u64,
-                    participant_seconds: ps as u64,
-                    peak_participants: peak as u64,
-                    longest_meeting_seconds: 0,
-                },
-            );
+    /// Usage per node and member organisation in `month` (UTC). Reports
+    /// never span a month, so a report's rows belong to the month its
+    /// period starts in. Each node is summed on its own: a node whose rows
+    /// cannot be summed is left out with the reason, the others are exact.
+    pub fn usage(&self, month: Month) -> Result<MonthUsage, Refusal> {
+        let (start, end) = (month.start(), month.end());
+        let mut q = self.db.prepare("SELECT id, name FROM nodes ORDER BY name")?;
+        let nodes: Vec<(String, String)> = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = MonthUsage::default();
+        for (id, name) in nodes {
+            match self.node_usage(&id, &name, start, end) {
+                Ok(rows) => out.rows.extend(rows),
+                Err(e) => out.left_out.push((name, e)),
+            }
         }
-        let mut q = self.db.prepare(
-            "SELECT n.name, m.member, COUNT(*), MAX(m.total) FROM
-               (SELECT node_id, member, meeting_id, SUM(seconds) AS total FROM meetings WHERE period_from >= ?1 AND period_from < ?2
-                GROUP BY node_id, member, meeting_id) m JOIN nodes n ON n.id = m.node_id GROUP BY n.name, m.member",
-        )?;
-        let it = q.query_map(params![start, end], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in it {
-            let (node, member, count, longest) = row?;
-            let e = rows.entry((node.clone(), member.clone())).or_insert_with(|| UsageRow {
-                node,
-                member,
-                meetings: 0,
-                meeting_seconds: 0,
-                participant_seconds: 0,
-                peak_participants: 0,
-                longest_meeting_seconds: 0,
-            });
-            e.meetings = count as u64;
-            e.longest_meeting_seconds = longest as u64;
+        Ok(out)
+    }
+
+    fn node_usage(&self, id: &str, name: &str, start: i64, end: i64) -> Result<Vec<UsageRow>, String> {
+        let mut rows: BTreeMap<String, UsageRow> = BTreeMap::new();
+        let row = |member: &str| UsageRow {
+            node: name.to_string(),
+            member: member.to_string(),
+            meetings: 0,
+            meeting_seconds: 0,
+            participant_seconds: 0,
+            peak_participants: 0,
+            longest_meeting_seconds: 0,
+        };
+        // SQLite's integer SUM fails on overflow instead of wrapping: the
+        // error stays with this node.
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT member, SUM(meeting_seconds), SUM(participant_seconds), MAX(peak) FROM usage
+                 WHERE node_id = ?1 AND period_from >= ?2 AND period_from < ?3 GROUP BY member",
+            )
+            .map_err(|e| e.to_string())?;
+        let it = q
+            .query_map(params![id, start, end], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| e.to_string())?;
+        for r in it {
+            let (member, ms, ps, peak) = r.map_err(|e| e.to_string())?;
+            let e = rows.entry(member.clone()).or_insert_with(|| row(&member));
+            e.meeting_seconds = unsigned(ms, "meeting-seconds")?;
+            e.participant_seconds = unsigned(ps, "participant-seconds")?;
+            e.peak_participants = unsigned(peak, "peak")?;
+        }
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT member, COUNT(*), MAX(total) FROM
+                   (SELECT member, meeting_id, SUM(seconds) AS total FROM meetings
+                    WHERE node_id = ?1 AND period_from >= ?2 AND period_from < ?3 GROUP BY member, meeting_id)
+                 GROUP BY member",
+            )
+            .map_err(|e| e.to_string())?;
+        let it = q
+            .query_map(params![id, start, end], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| e.to_string())?;
+        for r in it {
+            let (member, count, longest) = r.map_err(|e| e.to_string())?;
+            let e = rows.entry(member.clone()).or_insert_with(|| row(&member));
+            e.meetings = unsigned(count, "meeting count")?;
+            e.longest_meeting_seconds = unsigned(longest, "meeting length")?;
         }
         Ok(rows.into_values().collect())
     }
 
-    /// Gaps reported in the month, per node: (node, from, to).
-    pub fn gaps(&self, start: i64, end: i64) -> Result<Vec<(String, i64, i64)>, Refusal> {
+    /// Gaps reported in `month`, per node.
+    pub fn gaps(&self, month: Month) -> Result<Vec<GapRow>, Refusal> {
         let mut q = self.db.prepare(
-            "SELECT n.name, g.gap_from, g.gap_to FROM gaps g JOIN nodes n ON n.id = g.node_id WHERE g.gap_from >= ?1 AND g.gap_from < ?2 ORDER BY n.name, g.gap_from",
+            "SELECT n.name, g.gap_from, g.gap_to, g.reason FROM gaps g JOIN nodes n ON n.id = g.node_id
+             WHERE g.gap_from >= ?1 AND g.gap_from < ?2 ORDER BY n.name, g.gap_from",
         )?;
         let rows = q
-            .query_map(params![start, end], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![month.start(), month.end()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, reason_from(&r.get::<_, String>(3)?)))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -393,9 +644,18 @@ mod tests {
     use std::collections::BTreeMap;
 
     use appliance_usage::protocol::{MeetingLine, MemberLine, Resources};
-    use appliance_usage::{MemberUsage, NodeKey};
+    use appliance_usage::{Gap, MemberUsage, NodeKey};
 
     use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_participants: 1000,
+        clock_skew: 600,
+    };
+
+    fn key() -> NodeKey {
+        NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap()
+    }
 
     fn enroll_req(secret: &str, node: &str, key: &NodeKey) -> EnrollRequest {
         EnrollRequest {
@@ -410,6 +670,7 @@ mod tests {
     fn report(node_id: &str, seq: u64, from: i64, ps: u64, meeting: &str) -> Report {
         Report {
             node_id: node_id.into(),
+            epoch: 1,
             seq_from: seq,
             seq_to: seq,
             from,
@@ -435,22 +696,42 @@ mod tests {
         }
     }
 
+    fn nov() -> Month {
+        Month::parse("2026-11").unwrap()
+    }
+
+    /// A store with node `name` enrolled with `k`.
+    fn with_node(name: &str, k: &NodeKey) -> (tempfile::TempDir, Store, String) {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&d.path().join("ops.db")).unwrap();
+        let t = s.create_token(name, 0, 3600).unwrap();
+        let (id, epoch) = s.enroll(&enroll_req(&t, name, k), 0).unwrap();
+        assert_eq!(epoch, 1);
+        (d, s, id)
+    }
+
+    fn enroll_more(s: &mut Store, name: &str, k: &NodeKey) -> (String, u64) {
+        let t = s.create_token(name, 0, 3600).unwrap();
+        s.enroll(&enroll_req(&t, name, k), 0).unwrap()
+    }
+
     #[test]
     fn month_ranges() {
         assert_eq!(month_range("1970-01"), Some((0, 31 * 86400)));
         assert_eq!(month_range("2024-02").map(|(a, b)| (b - a) / 86400), Some(29));
         assert_eq!(month_range("2026-12").map(|(a, b)| (b - a) / 86400), Some(31));
         assert_eq!(utc(month_range("2026-11").unwrap().0), "2026-11-01 00:00:00 UTC");
-        for bad in ["2026-13", "2026-1", "26-11", "nov", "2026-00"] {
+        for bad in ["2026-13", "2026-1", "26-11", "nov", "2026-00", "0001-01"] {
             assert_eq!(month_range(bad), None, "{bad}");
         }
+        assert_eq!(utc(i64::MAX), "9999-12-31 23:59:59 UTC");
     }
 
     #[test]
     fn tokens_are_single_use_and_expire() {
         let d = tempfile::tempdir().unwrap();
         let mut s = Store::open(&d.path().join("ops.db")).unwrap();
-        let k = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        let k = key();
         let t = s.create_token("ams-1", 1000, 3600).unwrap();
         assert_eq!(
             s.enroll(&enroll_req("forged", "ams-1", &k), 1000),
@@ -460,7 +741,7 @@ mod tests {
             s.enroll(&enroll_req(&t, "rtm-1", &k), 1000),
             Err(Refusal::WrongNode { .. })
         ));
-        let id = s.enroll(&enroll_req(&t, "ams-1", &k), 1001).unwrap();
+        let (id, _) = s.enroll(&enroll_req(&t, "ams-1", &k), 1001).unwrap();
         assert_eq!(
             s.enroll(&enroll_req(&t, "ams-1", &k), 1002),
             Err(Refusal::UsedToken(utc(1001)))
@@ -470,98 +751,311 @@ mod tests {
             s.enroll(&enroll_req(&old, "ams-2", &k), 1010),
             Err(Refusal::ExpiredToken(utc(1010)))
         );
-        // Re-enrolling with a new token keeps the node id, replaces the key.
-        let k2 = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
-        let t2 = s.create_token("ams-1", 2000, 3600).unwrap();
-        assert_eq!(s.enroll(&enroll_req(&t2, "ams-1", &k2), 2000).unwrap(), id);
-        assert!(
-            matches!(
-                s.ingest(&k.seal(&report(&id, 1, 0, 300, "m")), 2001),
-                Err(Refusal::BadSignature(_))
-            ),
-            "the old key is gone"
-        );
-        assert!(s.ingest(&k2.seal(&report(&id, 1, 0, 300, "m")), 2001).is_ok());
         assert!(s.revoke("ams-1").unwrap());
-        assert_eq!(
-            s.ingest(&k2.seal(&report(&id, 2, 300, 300, "m")), 2002),
-            Err(Refusal::Revoked(id.clone()))
-        );
         let t3 = s.create_token("ams-1", 3000, 3600).unwrap();
         assert_eq!(
-            s.enroll(&enroll_req(&t3, "ams-1", &k2), 3000),
+            s.enroll(&enroll_req(&t3, "ams-1", &k), 3000),
             Err(Refusal::Revoked("ams-1".into()))
+        );
+        let start = nov().start();
+        assert_eq!(
+            s.ingest(&k.seal(&report(&id, 2, start, 300, "m")), start + 300, LIMITS),
+            Err(Refusal::Revoked(id.clone()))
         );
     }
 
     #[test]
-    fn reports_are_stored_once_and_summed_by_month() {
-        let d = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&d.path().join("ops.db")).unwrap();
-        let k = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
-        let other = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
-        let t = s.create_token("ams-1", 0, 3600).unwrap();
-        let id = s.enroll(&enroll_req(&t, "ams-1", &k), 0).unwrap();
-        let t2 = s.create_token("rtm-1", 0, 3600).unwrap();
-        let id2 = s.enroll(&enroll_req(&t2, "rtm-1", &other), 0).unwrap();
-        let (start, end) = month_range("2026-11").unwrap();
-        let r1 = k.seal(&report(&id, 1, start, 600, "m1"));
+    fn a_replaced_box_starts_a_new_epoch_and_loses_nothing() {
+        let old = key();
+        let (_d, mut s, id) = with_node("ams-1", &old);
+        let start = nov().start();
+        let now = start + 86_400;
+        for seq in 1..=3 {
+            let r = report(&id, seq, start + (seq as i64 - 1) * 300, 600, "m1");
+            assert!(!s.ingest(&old.seal(&r), now, LIMITS).unwrap().duplicate);
+        }
+        // The disk is swapped: a new key, a new enrollment, numbers from 1 again.
+        let new = key();
+        let (id2, epoch) = enroll_more(&mut s, "ams-1", &new);
+        assert_eq!((id2.as_str(), epoch), (id.as_str(), 2), "same node, next epoch");
+        for seq in 1..=3 {
+            let mut r = report(&id, seq, start + 3600 + (seq as i64 - 1) * 300, 900, "m2");
+            r.epoch = 2;
+            assert_eq!(
+                s.ingest(&new.seal(&r), now, LIMITS).unwrap(),
+                Ack {
+                    acked: seq,
+                    duplicate: false
+                },
+                "report {seq} of the new box is stored, not taken for a duplicate"
+            );
+        }
+        // The old key cannot report any more, in its own epoch or the new one.
+        let r = report(&id, 4, start + 7200, 300, "m3");
         assert_eq!(
-            s.ingest(&r1, start).unwrap(),
-            Ack {
-                acked: 1,
-                duplicate: false
+            s.ingest(&old.seal(&r), now, LIMITS),
+            Err(Refusal::RetiredEpoch {
+                node: id.clone(),
+                epoch: 1
+            })
+        );
+        let mut r2 = r.clone();
+        r2.epoch = 2;
+        assert_eq!(
+            s.ingest(&old.seal(&r2), now, LIMITS),
+            Err(Refusal::BadSignature(id.clone()))
+        );
+        r2.epoch = 3;
+        assert_eq!(
+            s.ingest(&new.seal(&r2), now, LIMITS),
+            Err(Refusal::UnknownEpoch {
+                node: id.clone(),
+                epoch: 3
+            })
+        );
+        let u = s.usage(nov()).unwrap();
+        assert_eq!(u.rows.len(), 1);
+        assert_eq!(
+            u.rows[0],
+            UsageRow {
+                node: "ams-1".into(),
+                member: "coop-a".into(),
+                meetings: 2,
+                meeting_seconds: 1800,
+                participant_seconds: 3 * 600 + 3 * 900,
+                peak_participants: 3,
+                longest_meeting_seconds: 900,
             }
         );
+        assert_eq!(s.nodes().unwrap().len(), 1, "listed once");
+        assert_eq!(s.nodes().unwrap()[0].epoch, 2);
+    }
+
+    #[test]
+    fn re_enrolling_with_the_same_key_keeps_the_queue_deliverable() {
+        // `appliance enroll --force` on the same box: its outbox still holds
+        // reports of the first enrollment, signed with the same key.
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let (_, epoch) = enroll_more(&mut s, "ams-1", &k);
+        assert_eq!(epoch, 2);
+        let start = nov().start();
+        let r = report(&id, 9, start, 300, "m");
+        assert!(s.ingest(&k.seal(&r), start + 300, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn resends_are_acknowledged_only_when_identical() {
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let start = nov().start();
+        let r1 = k.seal(&report(&id, 1, start, 600, "m1"));
+        assert!(!s.ingest(&r1, start + 300, LIMITS).unwrap().duplicate);
         assert_eq!(
-            s.ingest(&r1, start).unwrap(),
+            s.ingest(&r1, start + 300, LIMITS).unwrap(),
             Ack {
                 acked: 1,
                 duplicate: true
             },
             "a resend is acknowledged, not stored"
         );
-        s.ingest(&k.seal(&report(&id, 2, start + 300, 900, "m1")), start)
-            .unwrap();
-        s.ingest(&k.seal(&report(&id, 3, start + 600, 300, "m2")), start)
-            .unwrap();
-        // Another node presenting this node's id is refused.
+        let other = k.seal(&report(&id, 1, start + 300, 900, "m1"));
         assert_eq!(
-            s.ingest(&other.seal(&report(&id, 4, start + 900, 300, "m3")), start),
-            Err(Refusal::BadSignature(id.clone()))
+            s.ingest(&other, start + 600, LIMITS),
+            Err(Refusal::Conflict { epoch: 1, seq: 1 })
         );
-        // December does not count in November.
-        s.ingest(&k.seal(&report(&id, 5, end, 300, "m9")), start).unwrap();
-        s.ingest(&other.seal(&report(&id2, 1, start, 300, "x")), start).unwrap();
-        let u = s.usage(start, end).unwrap();
-        assert_eq!(u.len(), 2);
+        // A merged report overlapping stored numbers is refused.
+        let mut merged = report(&id, 1, start + 300, 300, "m1");
+        merged.seq_to = 3;
         assert_eq!(
-            u[0],
-            UsageRow {
-                node: "ams-1".into(),
-                member: "coop-a".into(),
-                meetings: 2,
-                meeting_seconds: 900,
-                participant_seconds: 1800,
-                peak_participants: 3,
-                longest_meeting_seconds: 600
-            }
+            s.ingest(&k.seal(&merged), start + 600, LIMITS),
+            Err(Refusal::Overlap(1, 3))
         );
-        assert_eq!(s.report_count().unwrap(), 5);
-        // A merged report overlapping stored ones is refused.
-        let mut merged = report(&id, 2, start, 1, "m1");
-        merged.seq_from = 2;
-        merged.seq_to = 6;
-        assert_eq!(s.ingest(&k.seal(&merged), start), Err(Refusal::Overlap(2, 6)));
+        // Another number for time already counted is refused.
+        let again = k.seal(&report(&id, 2, start + 100, 300, "m1"));
         assert!(matches!(
-            s.ingest(
-                &Envelope {
-                    report: "{}".into(),
-                    signature: "x".into()
-                },
-                0
-            ),
-            Err(Refusal::Malformed(_))
+            s.ingest(&again, start + 600, LIMITS),
+            Err(Refusal::PeriodOverlap { epoch: 1, seq: 1, .. })
         ));
+        // Zero-length reports overlap nothing.
+        let mut beat = report(&id, 2, start + 100, 0, "m1");
+        beat.to = beat.from;
+        beat.usage.clear();
+        beat.meetings.clear();
+        assert!(s.ingest(&k.seal(&beat), start + 600, LIMITS).is_ok());
+        assert_eq!(s.report_count().unwrap(), 2);
+        let n = &s.nodes().unwrap()[0];
+        assert_eq!(n.refusals, 3);
+        assert!(
+            n.last_refusal.as_deref().unwrap().contains("overlaps stored report 1"),
+            "{n:?}"
+        );
+    }
+
+    #[test]
+    fn hostile_reports_are_refused_and_the_month_stays_readable() {
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let honest = key();
+        let (id2, _) = enroll_more(&mut s, "rtm-1", &honest);
+        let start = nov().start();
+        let now = start + 86_400;
+        s.ingest(&honest.seal(&report(&id2, 1, start, 600, "x")), now, LIMITS)
+            .unwrap();
+        let before = s.usage(nov()).unwrap();
+        let mut huge = report(&id, 1, start, 300, "m");
+        huge.to = huge.from + 1;
+        huge.usage[0].usage.meeting_seconds = i64::MAX as u64;
+        huge.meetings[0].seconds = i64::MAX as u64;
+        assert!(matches!(
+            s.ingest(&k.seal(&huge), now, LIMITS),
+            Err(Refusal::Implausible(Implausible::MeetingLongerThanPeriod { .. }))
+        ));
+        let mut future = report(&id, 1, now + 3600, 300, "m");
+        future.gaps.push(Gap {
+            from: future.from,
+            to: future.from + 10,
+            reason: GapReason::NotPolled,
+        });
+        assert!(matches!(
+            s.ingest(&k.seal(&future), now, LIMITS),
+            Err(Refusal::Implausible(Implausible::FutureDated { .. }))
+        ));
+        assert_eq!(s.usage(nov()).unwrap(), before, "nothing of them was stored");
+        assert_eq!(s.nodes().unwrap()[0].refusals, 2);
+    }
+
+    #[test]
+    fn damaged_rows_of_one_node_leave_the_others_readable() {
+        // Rows as a release without validation could have stored them.
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let honest = key();
+        let (id2, _) = enroll_more(&mut s, "rtm-1", &honest);
+        let start = nov().start();
+        s.ingest(&honest.seal(&report(&id2, 1, start, 600, "x")), start + 300, LIMITS)
+            .unwrap();
+        for seq in [1, 2] {
+            s.db.execute(
+                "INSERT INTO usage (node_id, epoch, seq_to, member, period_from, meeting_seconds, participant_seconds, peak)
+                 VALUES (?1, 1, ?2, 'coop-a', ?3, ?4, 1, 1)",
+                params![id, seq, start, i64::MAX],
+            )
+            .unwrap();
+        }
+        let u = s.usage(nov()).unwrap();
+        assert_eq!(u.rows.len(), 1);
+        assert_eq!(u.rows[0].node, "rtm-1");
+        assert_eq!(u.rows[0].participant_seconds, 600);
+        assert_eq!(u.left_out.len(), 1);
+        assert_eq!(u.left_out[0].0, "ams-1");
+        assert!(u.left_out[0].1.contains("overflow"), "{:?}", u.left_out);
+    }
+
+    #[test]
+    fn reports_are_summed_by_the_month_they_belong_to() {
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let b = nov().start();
+        let now = b + 86_400;
+        // October's last 5 minutes, November's first 5: one meeting across.
+        let mut oct = report(&id, 1, b - 300, 600, "m1");
+        oct.usage[0].usage.peak_participants = 9;
+        s.ingest(&k.seal(&oct), now, LIMITS).unwrap();
+        s.ingest(&k.seal(&report(&id, 2, b, 900, "m1")), now, LIMITS).unwrap();
+        let oct_rows = s.usage(Month::parse("2026-10").unwrap()).unwrap().rows;
+        let nov_rows = s.usage(nov()).unwrap().rows;
+        assert_eq!(
+            (
+                oct_rows[0].participant_seconds,
+                oct_rows[0].peak_participants,
+                oct_rows[0].meetings
+            ),
+            (600, 9, 1)
+        );
+        assert_eq!(
+            (
+                nov_rows[0].participant_seconds,
+                nov_rows[0].peak_participants,
+                nov_rows[0].meetings
+            ),
+            (900, 3, 1)
+        );
+        // A report spanning the boundary is refused.
+        let across = report(&id, 3, b - 100, 300, "m1");
+        assert!(matches!(
+            s.ingest(&k.seal(&across), now, LIMITS),
+            Err(Refusal::Implausible(Implausible::SpansMonths { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_database_of_the_first_release_is_migrated() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ops.db");
+        let k = key();
+        let start = nov().start();
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE tokens (hash TEXT PRIMARY KEY, node TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL, used INTEGER);
+                 CREATE TABLE nodes (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, public_key TEXT NOT NULL, enrolled INTEGER NOT NULL,
+                     revoked INTEGER NOT NULL DEFAULT 0, version TEXT NOT NULL, facts TEXT NOT NULL, last_report INTEGER, health TEXT);
+                 CREATE TABLE reports (node_id TEXT NOT NULL REFERENCES nodes(id), seq_from INTEGER NOT NULL, seq_to INTEGER NOT NULL,
+                     period_from INTEGER NOT NULL, period_to INTEGER NOT NULL, received INTEGER NOT NULL, body TEXT NOT NULL, signature TEXT NOT NULL,
+                     PRIMARY KEY (node_id, seq_to));
+                 CREATE TABLE usage (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL, period_from INTEGER NOT NULL,
+                     meeting_seconds INTEGER NOT NULL, participant_seconds INTEGER NOT NULL, peak INTEGER NOT NULL);
+                 CREATE INDEX usage_period ON usage (period_from);
+                 CREATE TABLE meetings (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, meeting_id TEXT NOT NULL, member TEXT NOT NULL,
+                     period_from INTEGER NOT NULL, seconds INTEGER NOT NULL);
+                 CREATE INDEX meetings_period ON meetings (period_from);
+                 CREATE TABLE gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTEGER NOT NULL, gap_to INTEGER NOT NULL);",
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO nodes (id, name, public_key, enrolled, version, facts) VALUES ('n1', 'ams-1', ?1, 0, '0.1.0', '{}')",
+                params![k.public_key()],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO reports VALUES ('n1', 1, 1, ?1, ?2, 0, 'old body', 'sig')",
+                params![start, start + 300],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO usage VALUES ('n1', 1, 'coop-a', ?1, 300, 600, 2)",
+                params![start],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO meetings VALUES ('n1', 1, 'm1', 'coop-a', ?1, 300)",
+                params![start],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO gaps VALUES ('n1', 1, ?1, ?2)",
+                params![start + 10, start + 20],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let u = s.usage(nov()).unwrap();
+        assert_eq!(
+            (u.rows[0].participant_seconds, u.rows[0].meetings),
+            (600, 1),
+            "old rows kept"
+        );
+        assert_eq!(
+            s.gaps(nov()).unwrap(),
+            vec![("ams-1".to_string(), start + 10, start + 20, GapReason::NoAnswer)]
+        );
+        // The old reports are enrollment 1; the node reports on from there.
+        let r = report("n1", 2, start + 300, 300, "m1");
+        assert!(!s.ingest(&k.seal(&r), start + 600, LIMITS).unwrap().duplicate);
+        let (_, epoch) = enroll_more(&mut s, "ams-1", &key());
+        assert_eq!(epoch, 2);
+        drop(s);
+        assert!(Store::open(&path).is_ok(), "opens again without migrating twice");
     }
 }

@@ -85,9 +85,11 @@ impl appliance_admin::Backend for Backend {
     }
     fn enroll(&self, ops: String, token: String) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
-            let r = crate::reports::enroll(&self.0, &ops, &token, true).await;
-            self.0.report_wake.notify_one();
-            r
+            let s = &self.0;
+            s.reports
+                .enroll(&s.state_dir, &ops, &token, true, &s.node_facts())
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 

@@ -1,14 +1,21 @@
 //! Counts BBB's meetings: a signed getMeetings every `[bbb] poll_interval`.
-//! The counts feed `/metrics` and the rule that keeps core services from
-//! being restarted for a failing health check while meetings run.
+//! The poller only publishes: the counts and meeting list for the pages
+//! and `/metrics`, "meetings are running" for the rule that keeps core
+//! services from being restarted for a failing health check during a
+//! meeting, and each poll (BBB's time and what was running, attributed
+//! to members) to the reports task, which owns the accounting. Billing
+//! figures are made from BBB's answer directly, never from the pages'
+//! display types.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use appliance_api::{BbbStatus, MeetingView};
+use appliance_usage::{Seen, UNASSIGNED};
 use tokio::sync::watch;
 
 use crate::config::BbbConfig;
+use crate::reports::Poll;
 use crate::state::{Shared, lock};
 
 /// How long a "meetings are running" answer is trusted when BBB stops
@@ -26,24 +33,28 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
     let mut status = BbbStatus::default();
     loop {
         tick.tick().await;
-        let res = once(&client, &cfg).await;
-        account(&shared, &res);
-        match res {
-            Ok((_, meetings, participants, list)) => {
+        match once(&client, &cfg).await {
+            Ok((at, meetings)) => {
+                shared.reports.poll(Poll::Ok {
+                    at,
+                    seen: seen(&meetings, &cfg.member_key),
+                });
                 if !status.up && status.error.is_some() {
                     log::info!("BBB answers again at {}", cfg.url);
                 }
+                let running: Vec<_> = meetings.iter().filter(|m| m.running).collect();
                 status = BbbStatus {
                     up: true,
-                    meetings,
-                    participants,
+                    meetings: running.len() as u32,
+                    participants: running.iter().map(|m| m.participant_count).sum(),
                     last_ok: Some(unix_now()),
                     error: None,
-                    list,
+                    list: views(&meetings, &cfg.member_key),
                 };
-                last_running = Some((tokio::time::Instant::now(), meetings > 0));
+                last_running = Some((tokio::time::Instant::now(), !running.is_empty()));
             }
             Err(e) => {
+                shared.reports.poll(Poll::Failed);
                 if status.error.as_deref() != Some(e.as_str()) {
                     log::warn!("counting BBB meetings at {}: {e}", cfg.url);
                 }
@@ -60,54 +71,24 @@ pub async fn poll(cfg: BbbConfig, shared: Arc<Shared>, meetings_running: watch::
     }
 }
 
-/// Feeds a poll to the usage accounting and writes a report when one is due.
-fn account(shared: &Shared, res: &Result<(i64, u32, u32, Vec<MeetingView>), String>) {
-    let Some(engine) = &shared.usage else { return };
-    let mut e = lock(engine);
-    match res {
-        Ok((at, _, _, list)) => e.observe(*at, seen(list)),
-        Err(_) => e.failed(),
-    }
-    let Some(enr) = lock(&shared.enrollment).clone() else {
-        return;
-    };
-    let key = match crate::reports::load_or_create_key(&shared.state_dir) {
-        Ok(k) => k,
-        Err(err) => {
-            log::error!("no node key for signing reports: {err}");
-            return;
-        }
-    };
-    let health = lock(&shared.live).health.summary.clone();
-    let services = lock(&shared.services)
-        .as_ref()
-        .map(|s| {
-            format!(
-                "{} of {} services up",
-                s.services.iter().filter(|x| x.up).count(),
-                s.services.len()
-            )
-        })
-        .unwrap_or_default();
-    if e.maybe_report(&enr, &key, &shared.id.version, health, services) {
-        shared.report_wake.notify_one();
-    }
-}
-
-/// The running meetings as the accounting counts them.
-pub fn seen(list: &[MeetingView]) -> Vec<appliance_usage::Seen> {
-    list.iter()
+/// The running meetings as the accounting counts them, each with the
+/// member it is charged to (see [`appliance_bbb::member_of`]).
+pub fn seen(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<Seen> {
+    meetings
+        .iter()
         .filter(|m| m.running)
-        .map(|m| appliance_usage::Seen {
-            id: m.internal_id.clone(),
-            member: m.member.clone(),
-            participants: m.participants,
-            breakout: m.breakout,
+        .map(|m| Seen {
+            id: m.internal_meeting_id.clone(),
+            member: appliance_bbb::member_of(meetings, m, member_key)
+                .unwrap_or(UNASSIGNED)
+                .to_string(),
+            participants: m.participant_count,
+            breakout: m.is_breakout,
         })
         .collect()
 }
 
-async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(i64, u32, u32, Vec<MeetingView>), String> {
+async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(i64, Vec<appliance_bbb::Meeting>), String> {
     let secret = cfg.secret()?;
     let url = appliance_bbb::signed_url(&cfg.url, "getMeetings", &[], &secret, appliance_bbb::Algorithm::Sha256);
     let res = client
@@ -119,7 +100,8 @@ async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(i64, u32, u3
         .map_err(|e| format!("request failed: {}", e.without_url()))?;
     if !res.status().is_success() {
         return Err(format!("HTTP {}", res.status()));
-    } // Usage is charged on BBB's clock (its HTTP Date), which on a node is
+    }
+    // Usage is charged on BBB's clock (its HTTP Date), which on a node is
     // the node's own clock; the node clock when BBB does not say.
     let at = res
         .headers()
@@ -129,22 +111,14 @@ async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(i64, u32, u3
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs() as i64)
         .unwrap_or_else(|| unix_now() as i64);
-    let body = res.text().await.map_err(|e| e.to_string())?;
+    let body = res.text().await.map_err(|e| e.without_url().to_string())?;
     let meetings = appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| e.to_string())?;
-    let running: Vec<_> = meetings.iter().filter(|m| m.running).collect();
-    let participants = running.iter().map(|m| m.participant_count).sum();
-    Ok((
-        at,
-        running.len() as u32,
-        participants,
-        views(&meetings, &cfg.member_key),
-    ))
+    Ok((at, meetings))
 }
 
-/// Meetings for the admin page, each attributed to a member organisation;
-/// breakout rooms take their parent's.
+/// Meetings for the admin page, each attributed to a member organisation
+/// by the same rule as the accounting.
 pub fn views(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<MeetingView> {
-    let member_of = |m: &appliance_bbb::Meeting| m.metadata.get(member_key).filter(|v| !v.is_empty()).cloned();
     meetings
         .iter()
         .map(|m| {
@@ -152,14 +126,13 @@ pub fn views(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<Meeti
                 .parent_meeting_id
                 .as_ref()
                 .and_then(|p| meetings.iter().find(|x| &x.internal_meeting_id == p));
-            let member = member_of(m)
-                .or_else(|| parent.and_then(member_of))
-                .unwrap_or_else(|| "unassigned".into());
             MeetingView {
                 id: m.meeting_id.clone(),
                 internal_id: m.internal_meeting_id.clone(),
                 name: m.name.clone(),
-                member,
+                member: appliance_bbb::member_of(meetings, m, member_key)
+                    .unwrap_or(UNASSIGNED)
+                    .to_string(),
                 running: m.running,
                 participants: m.participant_count,
                 moderators: m.moderator_count,

@@ -92,7 +92,11 @@ struct EnrollBody {
 }
 
 async fn enroll(State(s): State<Arc<Shared>>, axum::Json(b): axum::Json<EnrollBody>) -> Response {
-    let res = crate::reports::enroll(&s, &b.ops, &b.token, b.force).await;
+    let res = s
+        .reports
+        .enroll(&s.state_dir, &b.ops, &b.token, b.force, &s.node_facts())
+        .await
+        .map_err(|e| e.to_string());
     s.audit.record(&appliance_admin::audit::Entry {
         at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -104,7 +108,6 @@ async fn enroll(State(s): State<Arc<Shared>>, axum::Json(b): axum::Json<EnrollBo
         target: b.ops.clone(),
         outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
     });
-    s.report_wake.notify_one();
     match res {
         Ok(m) => (StatusCode::OK, format!("{m}\n")).into_response(),
         Err(m) => (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
@@ -122,7 +125,7 @@ async fn console(State(s): State<Arc<Shared>>) -> axum::Json<crate::console::Inf
         summary: st.health.summary,
         fingerprint: cert.fingerprint_sha256,
         setup_code: crate::state::lock(&s.auth).setup_code().map(str::to_string),
-        enrollment: match crate::state::lock(&s.enrollment).as_ref() {
+        enrollment: match s.reports.state().enrollment.as_ref() {
             Some(e) => format!("enrolled with {} as {}", e.ops, e.node),
             None => "not enrolled with global ops".into(),
         },

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod enrollment;
 pub mod firstboot;
 pub mod logging;
 pub mod metrics;

@@ -5,9 +5,11 @@
 //!
 //! Bounded: past `max_reports`, the oldest reports after the head are
 //! merged pairwise (sums add, peaks take the larger, every meeting and gap
-//! is kept), never dropped. The head is left alone because it is the only
-//! one that may have reached ops unacknowledged; a merged report carries
-//! the range of the sequence numbers it replaces.
+//! is kept), never dropped, and only within one UTC month and one
+//! enrollment ([`Report::can_merge`]): a merge across the 1st would bill
+//! one month's usage to another. The head is left alone because it is the
+//! only one that may have reached ops unacknowledged; a merged report
+//! carries the range of the sequence numbers it replaces.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -151,30 +153,52 @@ impl Outbox {
         sync_dir(&self.dir)
     }
 
-    /// Merges old reports until at most `max` remain (the head untouched).
-    /// Returns how many merges were made.
+    /// Merges old reports until at most `max` remain (the head untouched),
+    /// as far as months and enrollments allow. Returns how many merges
+    /// were made.
     pub fn bound(&self, max: usize, key: &NodeKey) -> std::io::Result<usize> {
+        let max = max.max(2);
+        if self.len() <= max {
+            return Ok(0);
+        }
+        let mut all: Vec<(Entry, Report)> = self
+            .list()
+            .into_iter()
+            .filter_map(|e| {
+                let r: Report = serde_json::from_str(&e.envelope.report).ok()?;
+                Some((e, r))
+            })
+            .collect();
         let mut merges = 0;
-        loop {
-            if self.len() <= max.max(2) {
-                return Ok(merges);
+        let mut i = 1;
+        while all.len() > max && i + 1 < all.len() {
+            if !all[i].1.can_merge(&all[i + 1].1) {
+                i += 1;
+                continue;
             }
-            let all = self.list();
-            if all.len() <= max.max(2) {
-                return Ok(merges);
-            }
-            let (a, b) = (&all[1], &all[2]);
-            let mut ra: Report = serde_json::from_str(&a.envelope.report).map_err(std::io::Error::other)?;
-            let rb: Report = serde_json::from_str(&b.envelope.report).map_err(std::io::Error::other)?;
-            ra.merge(&rb);
-            let env = key.seal(&ra);
-            // Replace b (same name: the range ends at b's number), then drop a.
+            let mut merged = all[i].1.clone();
+            merged.merge(&all[i + 1].1);
+            let env = key.seal(&merged);
+            // Replace the later one (same name: the range ends at its
+            // number), then drop the earlier one.
             let data = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
-            write_durable(&b.path, &data)?;
-            fs::remove_file(&a.path)?;
+            write_durable(&all[i + 1].0.path, &data)?;
+            fs::remove_file(&all[i].0.path)?;
             sync_dir(&self.dir)?;
+            let (e, _) = all.remove(i);
+            let later = &mut all[i];
+            later.0.seq_from = e.seq_from;
+            later.0.envelope = env;
+            later.1 = merged;
             merges += 1;
         }
+        if all.len() > max {
+            log::warn!(
+                "outbox: {} reports wait, more than the {max} wanted; the rest cannot be merged without crossing a month",
+                all.len()
+            );
+        }
+        Ok(merges)
     }
 }
 
@@ -187,6 +211,7 @@ mod tests {
     fn report(seq: u64) -> Report {
         Report {
             node_id: "n".into(),
+            epoch: 1,
             seq_from: seq,
             seq_to: seq,
             from: seq as i64 * 300,
@@ -238,5 +263,47 @@ mod tests {
         // Garbage in the directory is ignored, not fatal.
         fs::write(d.path().join("junk.json"), "not json").unwrap();
         assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn merges_never_cross_a_month() {
+        use appliance_usage::Month;
+        let d = tempfile::tempdir().unwrap();
+        let o = Outbox::open(d.path()).unwrap();
+        let k = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        // Reports 1-6 in October's last half hour, 7-12 in November's first.
+        let b = Month::parse("2026-11").unwrap().start();
+        for s in 1..=12u64 {
+            let from = b - 1800 + (s as i64 - 1) * 300;
+            o.put(
+                &k.seal(&Report {
+                    from,
+                    to: from + 300,
+                    ..report(s)
+                }),
+                s,
+            )
+            .unwrap();
+        }
+        o.bound(2, &k).unwrap();
+        let all: Vec<Report> = o
+            .list()
+            .iter()
+            .map(|e| e.envelope.open(&k.public_key()).unwrap())
+            .collect();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.seq_from, r.seq_to, r.month().to_string()))
+                .collect::<Vec<_>>(),
+            [
+                (1, 1, "2026-10".to_string()),
+                (2, 6, "2026-10".to_string()),
+                (7, 12, "2026-11".to_string())
+            ],
+            "as few as the months allow, none across the 1st"
+        );
+        assert_eq!((all[1].from, all[1].to), (b - 1500, b));
+        assert_eq!((all[2].from, all[2].to), (b, b + 1800));
+        assert_eq!(all[2].usage[0].usage.meeting_seconds, 6 * 300);
     }
 }

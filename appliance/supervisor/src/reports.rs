@@ -1,48 +1,41 @@
-//! Enrollment with global ops and usage reports that are never lost and
-//! never counted twice.
+//! Usage reports that are never lost and never counted twice.
 //!
-//! - After every BBB poll the accumulator is written (durably) to
-//!   `usage.json` with the next sequence number, so a kill -9 loses at most
-//!   the poll in flight, and that interval is charged by the next poll.
-//! - A report is written to the outbox (durably) before the accumulator is
-//!   reset; on start, a report newer than the accumulator's sequence number
-//!   means the reset did not happen, and it is done then.
-//! - The sender only sends reports below the persisted sequence number, so
-//!   a report is never acknowledged (and deleted) before the accumulator
-//!   that produced it has been reset.
-//! - Ops stores reports by (node, sequence number): a resend after a lost
-//!   answer is acknowledged, not counted again.
+//! One task owns everything billing rests on: the ledger (accumulator and
+//! next report number, `usage/usage.json`), the outbox, the enrollment and
+//! the node key, and the delivery to ops. Nothing else touches them: the
+//! BBB poller and the sampler send it messages through a [`Handle`], and
+//! everyone reads what it publishes ([`ReportsState`], a `watch`). There is
+//! no lock to hold across an fsync; the file I/O runs in `block_in_place`.
+//! What a report covers and when one is due are pure functions of the
+//! ledger and `now` ([`appliance_usage::Ledger`]), with `now` from a
+//! [`Clock`].
+//!
+//! The order of writes, which is what makes a crash at any moment safe:
+//! - after every poll the ledger is written durably, so a kill -9 loses at
+//!   most the poll in flight, and that interval is charged by the next;
+//! - a report is written to the outbox (durably) before the ledger forgets
+//!   its period; on start, a report at or past the ledger's next number
+//!   means the forgetting did not happen, and it is done then;
+//! - a report is only written while the ledger on disk is the one in
+//!   memory (after a failed write, the ledger is written first);
+//! - only reports below the persisted next number are sent, so none is
+//!   acknowledged (and deleted) before the ledger that made it moved on;
+//! - ops keys reports by (node, enrollment, number) and acknowledges a
+//!   byte-identical resend, so a lost acknowledgement costs a resend only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use appliance_usage::protocol::{EnrollResponse, ErrorBody};
-use appliance_usage::{Accumulator, Ack, EnrollRequest, NodeKey, Period, Report, Resources, Seen, Token};
-use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use appliance_services::checks::error_chain;
+use appliance_usage::protocol::ErrorBody;
+use appliance_usage::{Ack, Ledger, NodeKey, Report, Resources, Seen};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::outbox::{Outbox, write_durable};
-use crate::state::{Shared, lock};
-
-/// What `enrollment.json` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Enrollment {
-    pub ops: String,
-    pub fingerprint: String,
-    pub node: String,
-    pub node_id: String,
-    pub enrolled_at: i64,
-    pub report_interval_secs: u64,
-    pub reports_path: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct UsageFile {
-    next_seq: u64,
-    acc: Accumulator,
-}
+use crate::enrollment::{self, EnrollError, Enrollment, NodeFacts};
+use crate::outbox::{Entry, Outbox, write_durable};
 
 /// Settings of the usage reports (`[usage]` in the config).
 #[derive(Debug, Clone)]
@@ -55,259 +48,596 @@ pub struct Settings {
     pub retry_max: Duration,
 }
 
-/// The node's usage accounting and outbox.
+/// Time as the reports task plans with it: monotonic for "is a report
+/// due" and backoff, wall-clock seconds for empty periods and the time of
+/// the last acknowledgement. Usage itself is charged on BBB's clock (the
+/// poll's `at`), not this one.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+    fn unix(&self) -> i64;
+}
+
 #[derive(Debug)]
-pub struct Engine {
-    dir: PathBuf,
-    file: UsageFile,
-    pub outbox: Outbox,
-    settings: Settings,
-    last_report: Instant,
-    last_report_unix: i64,
-    /// Set while the disk refuses our writes (full, read-only).
-    pub write_error: Option<String>,
-    /// The sender's last error and last success.
-    pub send_error: Option<String>,
-    pub last_success: Option<f64>,
-    /// Resource figures since the last report.
-    resources: ResourceAcc,
-}
+pub struct SystemClock;
 
-#[derive(Debug, Default)]
-struct ResourceAcc {
-    cpu_sum: f64,
-    cpu_n: u64,
-    cpu_max: Option<f64>,
-    rx_start: std::collections::BTreeMap<String, u64>,
-    rx_last: std::collections::BTreeMap<String, u64>,
-    tx_start: std::collections::BTreeMap<String, u64>,
-    tx_last: std::collections::BTreeMap<String, u64>,
-    max_temp: Option<f64>,
-    disk_max: Option<f64>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn key_path(state: &Path) -> PathBuf {
-    state.join("identity/node.pk8")
-}
-
-/// The node's identity key, made (0600) the first time.
-pub fn load_or_create_key(state: &Path) -> Result<NodeKey, String> {
-    let p = key_path(state);
-    match std::fs::read(&p) {
-        Ok(b) => NodeKey::from_pkcs8(&b).map_err(|e| format!("{}: {e}", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let dir = p.parent().expect("has a parent");
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let b = NodeKey::generate().map_err(|e| e.to_string())?;
-            write_durable(&p, &b).map_err(|e| format!("{}: {e}", p.display()))?;
-            log::info!("made this node's identity key {}", p.display());
-            NodeKey::from_pkcs8(&b).map_err(|e| e.to_string())
-        }
-        Err(e) => Err(format!("{}: {e}", p.display())),
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn unix(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
     }
 }
 
-pub fn load_enrollment(state: &Path) -> Option<Enrollment> {
-    serde_json::from_slice(&std::fs::read(state.join("enrollment.json")).ok()?).ok()
+/// A BBB poll as the accounting needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// BBB answered at `at` (its clock), and these meetings were running.
+    Ok { at: i64, seen: Vec<Seen> },
+    /// BBB did not answer, or answered nonsense.
+    Failed,
 }
 
-impl Engine {
-    /// Opens the accounting state and the outbox, finishing a report that a
-    /// crash interrupted.
-    pub fn open(state: &Path, settings: Settings) -> Result<Engine, String> {
-        let dir = state.join("usage");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let outbox = Outbox::open(&dir.join("outbox")).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join("usage.json");
-        let mut file: UsageFile = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                format!(
-                    "{}: damaged ({e}); move it aside to start counting afresh",
-                    path.display()
-                )
-            })?,
-            Err(_) => UsageFile {
-                next_seq: 1,
-                acc: Accumulator::default(),
-            },
-        };
-        if let Some(max) = outbox.max_seq() {
-            if max >= file.next_seq {
-                log::info!("report {max} was written before a restart; its usage is not counted again");
-                file.acc.reset_after();
-                file.next_seq = max + 1;
-                write_durable(&path, &serde_json::to_vec(&file).unwrap_or_default())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+/// One sample's resource figures and the node's state then.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    pub cpu: Option<f64>,
+    /// The uplink and its receive and transmit byte counters.
+    pub uplink: Option<(String, u64, u64)>,
+    pub max_temperature: Option<f64>,
+    pub disk_used_ratio_max: Option<f64>,
+    pub health: String,
+    pub services: String,
+}
+
+/// What the reports task publishes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportsState {
+    pub enrollment: Option<Enrollment>,
+    /// Reports written and not yet acknowledged.
+    pub queued: u64,
+    /// Unix time of the last acknowledgement.
+    pub last_success: Option<f64>,
+    /// Ops could not be reached (not the node's fault; reports wait).
+    pub send_error: Option<String>,
+    /// Ops refused the oldest report: it stays queued and a person must
+    /// look (ops's reason is here).
+    pub refused: Option<String>,
+    /// Usage state or reports cannot be written (disk full, read-only).
+    pub write_error: Option<String>,
+    /// Usage state, the enrollment or the node key cannot be read: nothing
+    /// is counted or sent until a person looks.
+    pub state_error: Option<String>,
+}
+
+enum Msg {
+    Poll(Poll),
+    Sample(Box<Sample>),
+    Enrolled {
+        enrollment: Enrollment,
+        key: NodeKey,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// How others talk to the reports task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Msg>,
+    state: watch::Receiver<ReportsState>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reports::Handle")
+    }
+}
+
+impl Handle {
+    /// Hands a poll to the accounting. Never waits: if the task is far
+    /// behind, the poll is dropped, which the accounting treats as a
+    /// longer interval (a gap past `max_gap`), never as invented usage.
+    pub fn poll(&self, p: Poll) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Msg::Poll(p)) {
+            log::warn!("usage accounting is behind: a BBB poll was dropped");
+        }
+    }
+
+    /// Hands a sample's resource figures to the next report (dropped when
+    /// the task is behind: they are not billing figures).
+    pub fn sample(&self, s: Sample) {
+        let _ = self.tx.try_send(Msg::Sample(Box::new(s)));
+    }
+
+    pub fn state(&self) -> ReportsState {
+        self.state.borrow().clone()
+    }
+
+    /// Enrolls with ops (`--force`: although already enrolled) and hands
+    /// the enrollment and key to the task.
+    pub async fn enroll(
+        &self,
+        state_dir: &Path,
+        ops: &str,
+        token: &str,
+        force: bool,
+        me: &NodeFacts,
+    ) -> Result<String, EnrollError> {
+        let (t, ops) = enrollment::check_token(ops, token)?;
+        if let Some(e) = self.state().enrollment {
+            if !force {
+                return Err(EnrollError::AlreadyEnrolled {
+                    ops: e.ops,
+                    node: e.node,
+                    node_id: e.node_id,
+                });
             }
         }
-        Ok(Engine {
-            dir,
-            file,
-            outbox,
-            settings,
-            last_report: Instant::now(),
-            last_report_unix: unix_now(),
-            write_error: None,
-            send_error: None,
-            last_success: None,
-            resources: ResourceAcc::default(),
-        })
+        let (enr, key) = enrollment::exchange(state_dir, &t, &ops, me).await?;
+        let said = format!(
+            "enrolled with {ops} as node {} ({}, enrollment {})",
+            enr.node, enr.node_id, enr.epoch
+        );
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Enrolled {
+                enrollment: enr,
+                key,
+                reply,
+            })
+            .await
+            .map_err(|_| EnrollError::TaskGone)?;
+        rx.await
+            .map_err(|_| EnrollError::TaskGone)?
+            .map_err(EnrollError::Save)?;
+        log::info!("{said}");
+        Ok(said)
+    }
+}
+
+/// The reports task, not yet running (spawn [`Task::run`] on the runtime).
+pub struct Task {
+    owner: Owner,
+    rx: mpsc::Receiver<Msg>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reports::Task")
+    }
+}
+
+/// The task and its handle. Nothing is read from disk until it runs.
+pub fn task(state_dir: &Path, firmware: &str, settings: Settings, clock: Arc<dyn Clock>) -> (Handle, Task) {
+    let (tx, rx) = mpsc::channel(1024);
+    let (publish, state) = watch::channel(ReportsState::default());
+    let now = clock.now();
+    let owner = Owner {
+        state_dir: state_dir.to_path_buf(),
+        usage_dir: state_dir.join("usage"),
+        firmware: firmware.to_string(),
+        settings,
+        clock,
+        books: None,
+        next_open: now,
+        enrollment: None,
+        key: None,
+        resources: ResourceAcc::default(),
+        health: String::new(),
+        services: String::new(),
+        last_report: now,
+        on_disk: false,
+        failures: 0,
+        next_attempt: now,
+        client: None,
+        ledger_error: None,
+        identity_error: None,
+        out: ReportsState::default(),
+        publish,
+    };
+    (Handle { tx, state }, Task { owner, rx })
+}
+
+impl Task {
+    pub async fn run(self) {
+        let Task { mut owner, mut rx } = self;
+        owner.start();
+        let mut inflight: Option<JoinHandle<(Entry, Sent)>> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => owner.handle(m),
+                    None => break,
+                },
+                r = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    match r {
+                        Ok((entry, sent)) => owner.delivered(&entry, sent),
+                        Err(e) => owner.delivered_nothing(format!("the sending task failed: {e}")),
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            owner.step();
+            if inflight.is_none() {
+                inflight = owner.next_send();
+            }
+            owner.publish();
+        }
+    }
+}
+
+/// The ledger and the outbox, once they could be opened.
+struct Books {
+    ledger: Ledger,
+    outbox: Outbox,
+}
+
+struct Owner {
+    state_dir: PathBuf,
+    usage_dir: PathBuf,
+    firmware: String,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    books: Option<Books>,
+    /// When to try opening the books again after a failure.
+    next_open: Instant,
+    enrollment: Option<Enrollment>,
+    key: Option<NodeKey>,
+    resources: ResourceAcc,
+    health: String,
+    services: String,
+    last_report: Instant,
+    /// The ledger file is the ledger in memory.
+    on_disk: bool,
+    failures: u32,
+    next_attempt: Instant,
+    client: Option<(String, reqwest::Client)>,
+    /// Why the ledger cannot be opened, and why the node cannot sign.
+    ledger_error: Option<String>,
+    identity_error: Option<String>,
+    out: ReportsState,
+    publish: watch::Sender<ReportsState>,
+}
+
+/// File I/O from the task: off the async workers' hot path.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+const LEDGER_FILE: &str = "usage.json";
+
+/// Opens the ledger and the outbox, finishing a report that a crash
+/// interrupted. Only a missing `usage.json` starts afresh: a file that
+/// cannot be read or parsed is an error a person must look at (counting
+/// from zero would send reports ops already has, or lose a period).
+fn open_books(dir: &Path) -> Result<Books, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let outbox = Outbox::open(&dir.join("outbox")).map_err(|e| format!("{}: {e}", dir.join("outbox").display()))?;
+    let path = dir.join(LEDGER_FILE);
+    let mut ledger: Ledger = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            format!(
+                "{}: damaged ({e}); nothing is counted until it is moved aside (then counting starts afresh)",
+                path.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if let Some(max) = outbox.max_seq() {
+        let n = ledger.recover(max);
+        if n > 0 {
+            log::info!("report {max} was written before a restart; its usage is not counted again");
+            write_durable(&path, &serde_json::to_vec(&ledger).unwrap_or_default())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(Books { ledger, outbox })
+}
+
+impl Owner {
+    fn start(&mut self) {
+        match enrollment::load(&self.state_dir) {
+            Ok(e) => self.enrollment = e,
+            Err(e) => self.identity_problem(e),
+        }
+        if let Some(e) = &self.enrollment {
+            log::info!(
+                "enrolled with {} as node {} ({}, enrollment {})",
+                e.ops,
+                e.node,
+                e.node_id,
+                e.epoch
+            );
+            match enrollment::load_key(&self.state_dir) {
+                Ok(Some(k)) => self.key = Some(k),
+                Ok(None) => self.identity_problem(format!(
+                    "enrolled, but the identity key {} is gone: enroll again",
+                    self.state_dir.join("identity/node.pk8").display()
+                )),
+                Err(e) => self.identity_problem(e),
+            }
+        }
+        self.open();
+        self.out.enrollment = self.enrollment.clone();
+        self.publish();
+    }
+
+    fn identity_problem(&mut self, e: String) {
+        log::error!("usage reports cannot be signed: {e}");
+        self.identity_error = Some(e);
+    }
+
+    fn open(&mut self) {
+        if self.books.is_some() || self.clock.now() < self.next_open {
+            return;
+        }
+        let dir = self.usage_dir.clone();
+        match blocking(|| open_books(&dir)) {
+            Ok(b) => {
+                if self.ledger_error.take().is_some() {
+                    log::info!("usage accounting state can be read again");
+                }
+                self.out.queued = b.outbox.len() as u64;
+                self.books = Some(b);
+                self.on_disk = true;
+            }
+            Err(e) => {
+                if self.ledger_error.as_deref() != Some(e.as_str()) {
+                    log::error!("usage accounting stopped: {e}");
+                }
+                self.ledger_error = Some(e);
+                self.next_open = self.clock.now() + Duration::from_secs(30);
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Poll(p) => {
+                let Some(b) = self.books.as_mut() else { return };
+                let max_gap = self.settings.max_gap.as_secs() as i64;
+                match p {
+                    Poll::Ok { at, seen } => b.ledger.acc.observe(at, seen, max_gap),
+                    Poll::Failed => b.ledger.acc.failed(),
+                }
+                self.persist();
+            }
+            Msg::Sample(s) => {
+                self.resources.sample(&s);
+                self.health = s.health;
+                self.services = s.services;
+            }
+            Msg::Enrolled {
+                enrollment: enr,
+                key,
+                reply,
+            } => {
+                let dir = self.state_dir.clone();
+                let saved = blocking(|| enrollment::save(&dir, &enr));
+                if saved.is_ok() {
+                    self.enrollment = Some(enr.clone());
+                    self.key = Some(key);
+                    self.out.enrollment = Some(enr);
+                    // A new enrollment is a new start for delivery.
+                    self.failures = 0;
+                    self.next_attempt = self.clock.now();
+                    self.out.refused = None;
+                    self.out.send_error = None;
+                    self.identity_error = None;
+                }
+                let _ = reply.send(saved);
+            }
+        }
     }
 
     fn persist(&mut self) {
-        let path = self.dir.join("usage.json");
-        match write_durable(&path, &serde_json::to_vec(&self.file).unwrap_or_default()) {
+        let Some(b) = &self.books else { return };
+        let path = self.usage_dir.join(LEDGER_FILE);
+        let data = serde_json::to_vec(&b.ledger).unwrap_or_default();
+        match blocking(|| write_durable(&path, &data)) {
             Ok(()) => {
-                if self.write_error.take().is_some() {
+                self.on_disk = true;
+                if self.out.write_error.take().is_some() {
                     log::info!("usage state can be written again");
                 }
             }
-            Err(e) => self.disk_error(format!("{}: {e}", path.display())),
+            Err(e) => {
+                self.on_disk = false;
+                self.disk_error(format!("{}: {e}", path.display()));
+            }
         }
     }
 
     fn disk_error(&mut self, e: String) {
-        if self.write_error.as_deref() != Some(e.as_str()) {
+        if self.out.write_error.as_deref() != Some(e.as_str()) {
             log::error!("usage accounting cannot write to disk: {e}; counting goes on in memory");
         }
-        self.write_error = Some(e);
+        self.out.write_error = Some(e);
     }
 
-    /// A successful poll: BBB's time and what it saw.
-    pub fn observe(&mut self, at: i64, seen: Vec<Seen>) {
-        self.file.acc.observe(at, seen, self.settings.max_gap.as_secs() as i64);
-        self.persist();
+    fn interval(&self) -> Option<Duration> {
+        let e = self.enrollment.as_ref()?;
+        Some(
+            self.settings
+                .report_interval
+                .unwrap_or(Duration::from_secs(e.report_interval_secs.max(1))),
+        )
     }
 
-    /// A poll that failed.
-    pub fn failed(&mut self) {
-        self.file.acc.failed();
-        self.persist();
-    }
-
-    /// Takes a sample's resource figures into the next report.
-    pub fn sample(&mut self, snap: &appliance_monitor::Snapshot, uplink: Option<&str>) {
-        let r = &mut self.resources;
-        if let Some(u) = snap.cpu.usage {
-            r.cpu_sum += u;
-            r.cpu_n += 1;
-            r.cpu_max = Some(r.cpu_max.map_or(u, |m| m.max(u)));
+    /// Writes every report that is due.
+    fn step(&mut self) {
+        self.open();
+        let Some(interval) = self.interval() else { return };
+        if self.key.is_none() || self.books.is_none() {
+            return;
         }
-        if let Some(i) = uplink.and_then(|u| snap.network.iter().find(|i| i.name == u)) {
-            r.rx_start.entry(i.name.clone()).or_insert(i.rx_bytes);
-            r.tx_start.entry(i.name.clone()).or_insert(i.tx_bytes);
-            r.rx_last.insert(i.name.clone(), i.rx_bytes);
-            r.tx_last.insert(i.name.clone(), i.tx_bytes);
+        if !self.on_disk {
+            self.persist();
+            if !self.on_disk {
+                return;
+            }
         }
-        if let Some(t) = snap.temperatures.iter().map(|t| t.celsius).reduce(f64::max) {
-            r.max_temp = Some(r.max_temp.map_or(t, |m| m.max(t)));
+        let mut wrote = false;
+        loop {
+            let now = self.clock.now();
+            let since = now.saturating_duration_since(self.last_report);
+            let (Some(b), Some(enr), Some(key)) = (self.books.as_mut(), self.enrollment.as_ref(), self.key.as_ref())
+            else {
+                return;
+            };
+            let Some(period) = b.ledger.due(since, interval, self.clock.unix()) else {
+                break;
+            };
+            let seq = b.ledger.next_seq;
+            let report = Report::from_period(
+                &enr.node_id,
+                enr.epoch,
+                seq,
+                &self.firmware,
+                &period,
+                self.resources.take(),
+                self.health.clone(),
+                self.services.clone(),
+            );
+            let env = key.seal(&report);
+            let outbox = &b.outbox;
+            if let Err(e) = blocking(|| outbox.put(&env, seq)) {
+                self.disk_error(format!("writing report {seq}: {e}"));
+                break;
+            }
+            b.ledger.commit();
+            self.last_report = now;
+            wrote = true;
+            self.persist();
+            if !self.on_disk {
+                break;
+            }
         }
-        if let Some(d) = snap.filesystems.iter().filter_map(|f| f.used_ratio()).reduce(f64::max) {
-            r.disk_max = Some(r.disk_max.map_or(d, |m| m.max(d)));
+        if wrote {
+            if let (Some(b), Some(key)) = (self.books.as_ref(), self.key.as_ref()) {
+                let max = self.settings.max_reports;
+                let merged = blocking(|| b.outbox.bound(max, key));
+                self.out.queued = blocking(|| b.outbox.len()) as u64;
+                if let Err(e) = merged {
+                    self.disk_error(format!("merging old reports: {e}"));
+                }
+            }
         }
     }
 
-    fn take_resources(&mut self) -> Resources {
-        let r = std::mem::take(&mut self.resources);
-        let delta = |start: &std::collections::BTreeMap<String, u64>,
-                     last: &std::collections::BTreeMap<String, u64>| {
-            last.iter()
-                .map(|(k, v)| (k.clone(), v.saturating_sub(*start.get(k).unwrap_or(v))))
-                .collect()
-        };
-        Resources {
-            cpu_avg: (r.cpu_n > 0).then(|| r.cpu_sum / r.cpu_n as f64),
-            cpu_max: r.cpu_max,
-            rx_bytes: delta(&r.rx_start, &r.rx_last),
-            tx_bytes: delta(&r.tx_start, &r.tx_last),
-            max_temperature: r.max_temp,
-            disk_used_ratio_max: r.disk_max,
+    /// Starts sending the oldest report, when there is one and it is time.
+    fn next_send(&mut self) -> Option<JoinHandle<(Entry, Sent)>> {
+        let enr = self.enrollment.clone()?;
+        let b = self.books.as_ref()?;
+        if self.clock.now() < self.next_attempt {
+            return None;
+        }
+        let next = b.ledger.next_seq;
+        let head = blocking(|| b.outbox.head_below(next))?;
+        if self.client.as_ref().is_none_or(|(fp, _)| *fp != enr.fingerprint) {
+            match enrollment::ops_client(&enr.fingerprint) {
+                Ok(c) => self.client = Some((enr.fingerprint.clone(), c)),
+                Err(e) => {
+                    self.delivered_nothing(format!("cannot make the ops client: {e}"));
+                    return None;
+                }
+            }
+        }
+        let client = self.client.as_ref().expect("set above").1.clone();
+        let url = format!("{}{}", enr.ops, enr.reports_path);
+        Some(tokio::spawn(async move {
+            let sent = send(&client, &url, &head).await;
+            (head, sent)
+        }))
+    }
+
+    fn delivered(&mut self, head: &Entry, sent: Sent) {
+        match sent {
+            Sent::Acked => {
+                if let Some(b) = &self.books {
+                    if let Err(err) = blocking(|| b.outbox.remove(head)) {
+                        log::error!("report {} acknowledged but not removed: {err}", head.seq_to);
+                    }
+                    self.out.queued = blocking(|| b.outbox.len()) as u64;
+                }
+                if self.out.send_error.take().is_some() || self.out.refused.take().is_some() {
+                    log::info!("ops takes reports again");
+                }
+                self.out.last_success = Some(self.clock.unix() as f64);
+                self.failures = 0;
+                self.next_attempt = self.clock.now();
+            }
+            Sent::Refused(msg) => {
+                if self.out.refused.as_deref() != Some(msg.as_str()) {
+                    log::error!(
+                        "global ops refuses report {} of this node: {msg}; it stays queued, and so do the ones after it",
+                        head.seq_to
+                    );
+                }
+                self.out.refused = Some(msg);
+                self.out.send_error = None;
+                self.back_off();
+            }
+            Sent::Failed(msg) => {
+                if self.out.send_error.as_deref() != Some(msg.as_str()) {
+                    log::warn!("sending report {} to ops: {msg}; kept, will retry", head.seq_to);
+                }
+                self.out.send_error = Some(msg);
+                self.back_off();
+            }
         }
     }
 
-    /// The sequence number below which reports may be sent.
-    pub fn next_seq(&self) -> u64 {
-        self.file.next_seq
+    fn delivered_nothing(&mut self, msg: String) {
+        log::error!("usage reports: {msg}");
+        self.out.send_error = Some(msg);
+        self.back_off();
     }
 
-    /// Writes a report when one is due; returns whether one was written.
-    pub fn maybe_report(
-        &mut self,
-        enrollment: &Enrollment,
-        key: &NodeKey,
-        firmware: &str,
-        health: String,
-        services: String,
-    ) -> bool {
-        let interval = self
+    fn back_off(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = self
             .settings
-            .report_interval
-            .unwrap_or(Duration::from_secs(enrollment.report_interval_secs.max(1)));
-        if self.last_report.elapsed() < interval {
-            return false;
-        }
-        let mut acc = self.file.acc.clone();
-        let period = acc.close().unwrap_or(Period {
-            from: self.last_report_unix,
-            to: unix_now(),
-            members: Default::default(),
-            meetings: Default::default(),
-            gaps: Default::default(),
+            .retry_min
+            .saturating_mul(2u32.saturating_pow(self.failures.min(20) - 1))
+            .min(self.settings.retry_max);
+        self.next_attempt = self.clock.now() + jitter(backoff);
+    }
+
+    fn publish(&mut self) {
+        self.out.state_error = match (&self.ledger_error, &self.identity_error) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        let new = self.out.clone();
+        self.publish.send_if_modified(|s| {
+            if *s == new {
+                false
+            } else {
+                *s = new;
+                true
+            }
         });
-        let seq = self.file.next_seq;
-        let report = Report::from_period(
-            &enrollment.node_id,
-            seq,
-            firmware,
-            &period,
-            self.take_resources(),
-            health,
-            services,
-        );
-        let env = key.seal(&report);
-        if let Err(e) = self.outbox.put(&env, seq) {
-            self.disk_error(format!("writing report {seq}: {e}"));
-            return false;
-        }
-        self.file.acc = acc;
-        self.file.next_seq = seq + 1;
-        self.persist();
-        self.last_report = Instant::now();
-        self.last_report_unix = period.to;
-        if let Err(e) = self.outbox.bound(self.settings.max_reports, key) {
-            self.disk_error(format!("merging old reports: {e}"));
-        }
-        true
     }
 }
 
 /// What a send attempt came to.
 enum Sent {
     Acked,
-    /// Ops answered with a refusal (revoked, bad signature): a person must act.
+    /// Ops answered with a refusal (4xx): a person must act.
     Refused(String),
-    /// Ops was not reached, or the answer was lost.
+    /// Ops was not reached, or the answer was lost or garbled.
     Failed(String),
 }
 
-pub fn ops_client(fingerprint: &str) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(appliance_certs::pinned_client_config(fingerprint))
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-async fn send(client: &reqwest::Client, url: &str, e: &crate::outbox::Entry) -> Sent {
+async fn send(client: &reqwest::Client, url: &str, e: &Entry) -> Sent {
     let body = serde_json::to_vec(&e.envelope).unwrap_or_default();
     let res = match client
         .post(url)
@@ -346,142 +676,56 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-/// Delivers the outbox to ops, in order, with exponential backoff and
-/// jitter; runs for the life of the supervisor.
-pub async fn deliver(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
-    let mut failures: u32 = 0;
-    let mut client: Option<(String, reqwest::Client)> = None;
-    loop {
-        let Some(enr) = lock(&shared.enrollment).clone() else {
-            let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
-            continue;
-        };
-        let (head, settings) = {
-            let Some(engine) = shared.usage.as_ref() else { return };
-            let e = lock(engine);
-            let next = e.next_seq();
-            (e.outbox.head_below(next), e.settings.clone())
-        };
-        let Some(head) = head else {
-            failures = 0;
-            let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
-            continue;
-        };
-        if client.as_ref().is_none_or(|(fp, _)| *fp != enr.fingerprint) {
-            match ops_client(&enr.fingerprint) {
-                Ok(c) => client = Some((enr.fingerprint.clone(), c)),
-                Err(e) => {
-                    log::error!("cannot make the ops client: {e}");
-                    tokio::time::sleep(settings.retry_max).await;
-                    continue;
-                }
-            }
-        }
-        let url = format!("{}{}", enr.ops, enr.reports_path);
-        let outcome = send(&client.as_ref().expect("set above").1, &url, &head).await;
-        let engine = shared.usage.as_ref().expect("checked above");
-        match outcome {
-            Sent::Acked => {
-                let mut e = lock(engine);
-                if let Err(err) = e.outbox.remove(&head) {
-                    log::error!("report {} acknowledged but not removed: {err}", head.seq_to);
-                }
-                if e.send_error.take().is_some() {
-                    log::info!("ops takes reports again");
-                }
-                e.last_success = Some(unix_now() as f64);
-                failures = 0;
-            }
-            Sent::Refused(msg) | Sent::Failed(msg) => {
-                {
-                    let mut e = lock(engine);
-                    if e.send_error.as_deref() != Some(msg.as_str()) {
-                        log::warn!("sending report {} to {url}: {msg}; kept, will retry", head.seq_to);
-                    }
-                    e.send_error = Some(msg);
-                }
-                failures = failures.saturating_add(1);
-                let backoff = settings
-                    .retry_min
-                    .saturating_mul(2u32.saturating_pow(failures.min(20) - 1))
-                    .min(settings.retry_max);
-                tokio::time::sleep(jitter(backoff)).await;
-            }
-        }
-    }
+/// Resource figures since the last report.
+#[derive(Debug, Default)]
+struct ResourceAcc {
+    cpu_sum: f64,
+    cpu_n: u64,
+    cpu_max: Option<f64>,
+    rx_start: std::collections::BTreeMap<String, u64>,
+    rx_last: std::collections::BTreeMap<String, u64>,
+    tx_start: std::collections::BTreeMap<String, u64>,
+    tx_last: std::collections::BTreeMap<String, u64>,
+    max_temp: Option<f64>,
+    disk_max: Option<f64>,
 }
 
-/// Enrolls this node with ops, pinned to the certificate the token names.
-pub async fn enroll(shared: &Shared, ops: &str, token: &str, force: bool) -> Result<String, String> {
-    let t = Token::decode(token).map_err(|e| e.to_string())?;
-    let want = ops.trim().trim_end_matches('/');
-    if t.ops.trim_end_matches('/') != want {
-        return Err(format!("the token is for ops {}, not {want}", t.ops));
-    }
-    if let Some(e) = lock(&shared.enrollment).clone() {
-        if !force {
-            return Err(format!(
-                "already enrolled with {} as node {} ({}); enroll again with --force",
-                e.ops, e.node, e.node_id
-            ));
+impl ResourceAcc {
+    fn sample(&mut self, s: &Sample) {
+        if let Some(u) = s.cpu {
+            self.cpu_sum += u;
+            self.cpu_n += 1;
+            self.cpu_max = Some(self.cpu_max.map_or(u, |m| m.max(u)));
+        }
+        if let Some((name, rx, tx)) = &s.uplink {
+            self.rx_start.entry(name.clone()).or_insert(*rx);
+            self.tx_start.entry(name.clone()).or_insert(*tx);
+            self.rx_last.insert(name.clone(), *rx);
+            self.tx_last.insert(name.clone(), *tx);
+        }
+        if let Some(t) = s.max_temperature {
+            self.max_temp = Some(self.max_temp.map_or(t, |m| m.max(t)));
+        }
+        if let Some(d) = s.disk_used_ratio_max {
+            self.disk_max = Some(self.disk_max.map_or(d, |m| m.max(d)));
         }
     }
-    let key = load_or_create_key(&shared.state_dir)?;
-    let client = ops_client(&t.fp)?;
-    let mut facts = std::collections::BTreeMap::new();
-    facts.insert("profile".to_string(), shared.id.profile.name.clone());
-    for (k, v) in &shared.id.detection.dmi {
-        facts.insert(k.clone(), v.clone());
+
+    fn take(&mut self) -> Resources {
+        let r = std::mem::take(self);
+        let delta = |start: &std::collections::BTreeMap<String, u64>,
+                     last: &std::collections::BTreeMap<String, u64>| {
+            last.iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(*start.get(k).unwrap_or(v))))
+                .collect()
+        };
+        Resources {
+            cpu_avg: (r.cpu_n > 0).then(|| r.cpu_sum / r.cpu_n as f64),
+            cpu_max: r.cpu_max,
+            rx_bytes: delta(&r.rx_start, &r.rx_last),
+            tx_bytes: delta(&r.tx_start, &r.tx_last),
+            max_temperature: r.max_temp,
+            disk_used_ratio_max: r.disk_max,
+        }
     }
-    let req = EnrollRequest {
-        secret: t.secret.clone(),
-        node: shared.id.node.clone(),
-        public_key: key.public_key(),
-        version: shared.id.version.clone(),
-        facts,
-    };
-    let url = format!("{want}/api/v1/enroll");
-    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    let res = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            let chain = error_chain(&e);
-            if chain.contains(appliance_certs::PIN_MISMATCH) {
-                format!(
-                    "ops at {want} presented a certificate that is not the one the token names ({chain}): not enrolling"
-                )
-            } else {
-                format!("cannot reach ops at {want}: {chain}")
-            }
-        })?;
-    let status = res.status();
-    let body = res.bytes().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        return Err(format!("ops refused the enrollment: {msg}"));
-    }
-    let r: EnrollResponse = serde_json::from_slice(&body).map_err(|e| format!("ops answered nonsense: {e}"))?;
-    let enr = Enrollment {
-        ops: want.to_string(),
-        fingerprint: t.fp.clone(),
-        node: r.node.clone(),
-        node_id: r.node_id.clone(),
-        enrolled_at: unix_now(),
-        report_interval_secs: r.report_interval_secs,
-        reports_path: r.reports_path,
-    };
-    write_durable(
-        &shared.state_dir.join("enrollment.json"),
-        &serde_json::to_vec_pretty(&enr).unwrap_or_default(),
-    )
-    .map_err(|e| format!("enrolled, but cannot save the enrollment: {e}"))?;
-    *lock(&shared.enrollment) = Some(enr);
-    log::info!("enrolled with {want} as node {} ({})", r.node, r.node_id);
-    Ok(format!("enrolled with {want} as node {} ({})", r.node, r.node_id))
 }

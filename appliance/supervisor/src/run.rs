@@ -82,17 +82,12 @@ pub fn run(cfg: Config) -> Result<()> {
     let tls = runtime
         .block_on(appliance_admin::tls_config(&cert))
         .context("admin TLS certificate")?;
-    let usage = match crate::reports::Engine::open(&state_dir, cfg.report_settings()) {
-        Ok(e) => Some(std::sync::Mutex::new(e)),
-        Err(e) => {
-            log::error!("usage accounting unavailable: {e}");
-            None
-        }
-    };
-    let enrollment = crate::reports::load_enrollment(&state_dir);
-    if let Some(e) = &enrollment {
-        log::info!("enrolled with {} as node {} ({})", e.ops, e.node, e.node_id);
-    }
+    let (reports, reports_task) = crate::reports::task(
+        &state_dir,
+        env!("CARGO_PKG_VERSION"),
+        cfg.report_settings(),
+        Arc::new(crate::reports::SystemClock),
+    );
 
     let mut collector = Collector::new(
         Roots {
@@ -125,9 +120,7 @@ pub fn run(cfg: Config) -> Result<()> {
         auth: Arc::new(std::sync::Mutex::new(auth)),
         audit: Arc::new(audit),
         admin_port: cfg.admin.listen,
-        enrollment: std::sync::Mutex::new(enrollment),
-        usage,
-        report_wake: Arc::new(tokio::sync::Notify::new()),
+        reports,
     });
 
     let mut sampler = Sampler::new(shared.clone(), cfg.clone());
@@ -141,6 +134,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let background = Background {
         cfg: cfg.clone(),
         commands: command_rx,
+        reports: reports_task,
     };
     let result = runtime.block_on(serve(shared.clone(), admin_listener, control_listener, background));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -152,15 +146,17 @@ pub fn run(cfg: Config) -> Result<()> {
     result
 }
 
-/// What runs beside the servers: the BBB poller and the service runtime.
+/// What runs beside the servers: the reports task, the BBB poller and the
+/// service runtime.
 struct Background {
     cfg: Config,
     commands: tokio::sync::mpsc::Receiver<appliance_services::runtime::Command>,
+    reports: crate::reports::Task,
 }
 
 impl Background {
     fn spawn(self, shared: Arc<Shared>) {
-        tokio::spawn(crate::reports::deliver(shared.clone(), shared.report_wake.clone()));
+        tokio::spawn(self.reports.run());
         let (meetings_tx, meetings_rx) = tokio::sync::watch::channel(false);
         if let Some(b) = self.cfg.bbb.clone() {
             tokio::spawn(crate::bbb::poll(b, shared.clone(), meetings_tx));
@@ -427,18 +423,23 @@ impl Sampler {
         self.last_alerts = now_alerts;
         self.log_problems(&snap);
         record_history(&mut lock(&self.shared.history), &snap);
-        if let Some(u) = &self.shared.usage {
-            let uplink =
-                appliance_monitor::collector::pick_uplink(&self.shared.id.profile.uplink.interface, &snap.network)
-                    .map(|i| i.name.clone());
-            lock(u).sample(&snap, uplink.as_deref());
-        }
         // systemd's STATUS= carries the whole node's health, services too.
         let mut all = active.clone();
-        if let Some(sv) = lock(&self.shared.services).as_ref() {
+        let services = lock(&self.shared.services).as_ref().map(|sv| {
             all.extend(sv.alerts.iter().cloned());
-        }
+            format!(
+                "{} of {} services up",
+                sv.services.iter().filter(|x| x.up).count(),
+                sv.services.len()
+            )
+        });
         let summary = appliance_monitor::health::summarize(&all).summary;
+        self.shared.reports.sample(report_sample(
+            &snap,
+            &self.shared.id.profile.uplink.interface,
+            summary.clone(),
+            services.unwrap_or_default(),
+        ));
         if summary != self.last_summary {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
             self.last_summary = summary;
@@ -472,6 +473,19 @@ impl Sampler {
         if let Err(e) = save_history(&path, &h) {
             log::warn!("saving graph history to {}: {e:#}", path.display());
         }
+    }
+}
+
+/// A sample's figures for the next usage report.
+fn report_sample(s: &Snapshot, uplink: &str, health: String, services: String) -> crate::reports::Sample {
+    crate::reports::Sample {
+        cpu: s.cpu.usage,
+        uplink: appliance_monitor::collector::pick_uplink(uplink, &s.network)
+            .map(|i| (i.name.clone(), i.rx_bytes, i.tx_bytes)),
+        max_temperature: s.temperatures.iter().map(|t| t.celsius).reduce(f64::max),
+        disk_used_ratio_max: s.filesystems.iter().filter_map(|f| f.used_ratio()).reduce(f64::max),
+        health,
+        services,
     }
 }
 

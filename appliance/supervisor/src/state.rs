@@ -60,12 +60,8 @@ pub struct Shared {
     pub audit: Arc<AuditLog>,
     /// The admin page's address, for the URL on the console.
     pub admin_port: std::net::SocketAddr,
-    /// The enrollment with global ops, once done.
-    pub enrollment: Mutex<Option<crate::reports::Enrollment>>,
-    /// Usage accounting and the outbox; `None` when they could not be opened.
-    pub usage: Option<Mutex<crate::reports::Engine>>,
-    /// Wakes the report sender when a report was written.
-    pub report_wake: Arc<tokio::sync::Notify>,
+    /// The reports task: usage accounting, the outbox, the enrollment.
+    pub reports: crate::reports::Handle,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data
@@ -76,6 +72,20 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// What this node tells ops when it enrolls.
+    pub fn node_facts(&self) -> crate::enrollment::NodeFacts {
+        let mut facts = std::collections::BTreeMap::new();
+        facts.insert("profile".to_string(), self.id.profile.name.clone());
+        for (k, v) in &self.id.detection.dmi {
+            facts.insert(k.clone(), v.clone());
+        }
+        crate::enrollment::NodeFacts {
+            node: self.id.node.clone(),
+            version: self.id.version.clone(),
+            facts,
+        }
+    }
+
     pub fn alive(&self) -> bool {
         let live = lock(&self.live);
         match live.last_tick {
@@ -95,48 +105,22 @@ impl Shared {
         if let Some(sv) = &services {
             alerts.extend(sv.alerts.iter().cloned());
         }
-        let enrollment = lock(&self.enrollment).clone().map(|e| appliance_api::EnrollmentView {
+        let rs = self.reports.state();
+        let enrollment = rs.enrollment.clone().map(|e| appliance_api::EnrollmentView {
             ops: e.ops,
             node: e.node,
             node_id: e.node_id,
             since: e.enrolled_at as f64,
         });
-        let reports = self.usage.as_ref().map(|u| {
-            let u = lock(u);
-            appliance_api::ReportsView {
-                queued: u.outbox.len() as u64,
-                last_success: u.last_success,
-                send_error: u.send_error.clone(),
-                write_error: u.write_error.clone(),
-            }
+        alerts.extend(report_alerts(&rs));
+        let reports = Some(appliance_api::ReportsView {
+            queued: rs.queued,
+            last_success: rs.last_success,
+            send_error: rs.send_error,
+            refused: rs.refused,
+            write_error: rs.write_error,
+            state_error: rs.state_error,
         });
-        if let Some(r) = &reports {
-            let alert = |id: &str, severity, reason: String| appliance_monitor::Alert {
-                id: id.into(),
-                severity,
-                reason,
-                since: None,
-                value: None,
-                warn: None,
-                critical: None,
-            };
-            if let Some(e) = &r.write_error {
-                alerts.push(alert(
-                    "usage-disk",
-                    Severity::Critical,
-                    format!("usage reports cannot be written: {e}"),
-                ));
-            }
-            // Ops being unreachable is not the node's ill health; ops
-            // refusing our reports needs a person.
-            if let Some(e) = r.send_error.as_ref().filter(|e| e.starts_with('4')) {
-                alerts.push(alert(
-                    "usage-refused",
-                    Severity::Warning,
-                    format!("global ops refuses this node's reports: {e}"),
-                ));
-            }
-        }
         alerts.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
         let health = appliance_monitor::health::summarize(&alerts);
         let sensors = snapshot
@@ -170,6 +154,45 @@ impl Shared {
             reports,
         }
     }
+}
+
+/// What the reports task's state means for the node's health. Ops being
+/// unreachable is not the node's ill health (reports wait, nothing is
+/// lost); usage that cannot be written or read, or reports ops refuses,
+/// need a person.
+pub fn report_alerts(r: &crate::reports::ReportsState) -> Vec<Alert> {
+    let alert = |id: &str, severity, reason: String| Alert {
+        id: id.into(),
+        severity,
+        reason,
+        since: None,
+        value: None,
+        warn: None,
+        critical: None,
+    };
+    let mut out = Vec::new();
+    if let Some(e) = &r.write_error {
+        out.push(alert(
+            "usage-disk",
+            Severity::Critical,
+            format!("usage reports cannot be written: {e}"),
+        ));
+    }
+    if let Some(e) = &r.state_error {
+        out.push(alert(
+            "usage-state",
+            Severity::Critical,
+            format!("usage is not being counted or reported: {e}"),
+        ));
+    }
+    if let Some(e) = &r.refused {
+        out.push(alert(
+            "usage-refused",
+            Severity::Warning,
+            format!("global ops refuses this node's reports, which stay queued: {e}"),
+        ));
+    }
+    out
 }
 
 /// Every temperature with the thresholds in force and its alert severity.

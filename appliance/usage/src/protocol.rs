@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::accounting::{Gap, MemberUsage, Period};
+use crate::month::Month;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -90,6 +91,11 @@ pub struct EnrollRequest {
 pub struct EnrollResponse {
     pub node_id: String,
     pub node: String,
+    /// This enrollment's number for the node (1 for the first, one more
+    /// for each re-enrollment, e.g. after a disk swap). Reports carry it:
+    /// ops keys them by (node, epoch, sequence number), so a new box that
+    /// counts from 1 again collides with nothing the old one sent.
+    pub epoch: u64,
     /// How often ops wants a report.
     pub report_interval_secs: u64,
     /// Where reports go, relative to the ops URL.
@@ -134,10 +140,13 @@ pub struct Resources {
 }
 
 /// A usage report. `seq_from..=seq_to` is one sequence number, or the
-/// range of several old reports merged while ops was unreachable.
+/// range of several old reports merged while ops was unreachable. The
+/// period `[from, to)` lies within one UTC month.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub node_id: String,
+    /// The enrollment the report belongs to (see [`EnrollResponse::epoch`]).
+    pub epoch: u64,
     pub seq_from: u64,
     pub seq_to: u64,
     /// The period, unix seconds.
@@ -146,7 +155,7 @@ pub struct Report {
     pub firmware: String,
     pub usage: Vec<MemberLine>,
     pub meetings: Vec<MeetingLine>,
-    /// Intervals nobody could account for (BBB did not answer).
+    /// Intervals nobody could account for, and why.
     pub gaps: Vec<Gap>,
     pub resources: Resources,
     /// The node's health when the report was made, and its services.
@@ -155,8 +164,10 @@ pub struct Report {
 }
 
 impl Report {
+    #[allow(clippy::too_many_arguments)]
     pub fn from_period(
         node_id: &str,
+        epoch: u64,
         seq: u64,
         firmware: &str,
         p: &Period,
@@ -166,6 +177,7 @@ impl Report {
     ) -> Report {
         Report {
             node_id: node_id.to_string(),
+            epoch,
             seq_from: seq,
             seq_to: seq,
             from: p.from,
@@ -195,8 +207,26 @@ impl Report {
         }
     }
 
+    /// The UTC month the report's usage belongs to.
+    pub fn month(&self) -> Month {
+        Month::of(self.from)
+    }
+
+    /// Whether `later` may be merged into this report: same node and
+    /// enrollment, and the merged period still within one month (a merge
+    /// across a month boundary would bill one month's usage to another).
+    pub fn can_merge(&self, later: &Report) -> bool {
+        self.node_id == later.node_id
+            && self.epoch == later.epoch
+            && self.seq_to < later.seq_from
+            && self.to <= later.from
+            && self.month() == later.month()
+            && crate::month::within_one_month(self.from, later.to)
+    }
+
     /// Merges a later report into this one (for a long offline time):
-    /// sums, peaks and meeting seconds combine; nothing is dropped.
+    /// sums, peaks and meeting seconds combine; nothing is dropped. Check
+    /// [`Report::can_merge`] first.
     pub fn merge(&mut self, later: &Report) {
         self.seq_to = later.seq_to;
         self.to = later.to;
@@ -204,16 +234,17 @@ impl Report {
         for l in &later.usage {
             match self.usage.iter_mut().find(|u| u.member == l.member) {
                 Some(u) => {
-                    u.usage.meeting_seconds += l.usage.meeting_seconds;
-                    u.usage.participant_seconds += l.usage.participant_seconds;
+                    u.usage.meeting_seconds = u.usage.meeting_seconds.saturating_add(l.usage.meeting_seconds);
+                    u.usage.participant_seconds =
+                        u.usage.participant_seconds.saturating_add(l.usage.participant_seconds);
                     u.usage.peak_participants = u.usage.peak_participants.max(l.usage.peak_participants);
                 }
                 None => self.usage.push(l.clone()),
             }
         }
         for m in &later.meetings {
-            match self.meetings.iter_mut().find(|x| x.id == m.id) {
-                Some(x) => x.seconds += m.seconds,
+            match self.meetings.iter_mut().find(|x| x.id == m.id && x.member == m.member) {
+                Some(x) => x.seconds = x.seconds.saturating_add(m.seconds),
                 None => self.meetings.push(m.clone()),
             }
         }
@@ -229,10 +260,12 @@ impl Report {
             (a, b) => a.or(b),
         };
         for (k, v) in &l.rx_bytes {
-            *r.rx_bytes.entry(k.clone()).or_default() += v;
+            let e = r.rx_bytes.entry(k.clone()).or_default();
+            *e = e.saturating_add(*v);
         }
         for (k, v) in &l.tx_bytes {
-            *r.tx_bytes.entry(k.clone()).or_default() += v;
+            let e = r.tx_bytes.entry(k.clone()).or_default();
+            *e = e.saturating_add(*v);
         }
         r.max_temperature = match (r.max_temperature, l.max_temperature) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -254,6 +287,13 @@ pub struct Envelope {
     pub report: String,
     /// ed25519 signature, base64.
     pub signature: String,
+}
+
+/// The sender a report names: its node and enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Claim {
+    pub node_id: String,
+    pub epoch: u64,
 }
 
 /// Ops's answer to a report.
@@ -319,15 +359,10 @@ impl Envelope {
         Ok(r)
     }
 
-    /// The node id the report claims, before any trust (to find its key).
-    pub fn claimed_node(&self) -> Result<String, Error> {
-        #[derive(Deserialize)]
-        struct Id {
-            node_id: String,
-        }
-        serde_json::from_str::<Id>(&self.report)
-            .map(|i| i.node_id)
-            .map_err(|e| Error::BadReport(e.to_string()))
+    /// Who the report claims to come from, before any trust (to find the
+    /// key to check it with).
+    pub fn claim(&self) -> Result<Claim, Error> {
+        serde_json::from_str::<Claim>(&self.report).map_err(|e| Error::BadReport(e.to_string()))
     }
 }
 
@@ -338,6 +373,7 @@ mod tests {
     fn report(seq: u64) -> Report {
         Report {
             node_id: "n1".into(),
+            epoch: 1,
             seq_from: seq,
             seq_to: seq,
             from: 0,
@@ -387,7 +423,13 @@ mod tests {
         let other = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
         let env = k.seal(&report(7));
         assert_eq!(env.open(&k.public_key()).unwrap(), report(7));
-        assert_eq!(env.claimed_node().unwrap(), "n1");
+        assert_eq!(
+            env.claim().unwrap(),
+            Claim {
+                node_id: "n1".into(),
+                epoch: 1
+            }
+        );
         assert_eq!(
             env.open(&other.public_key()),
             Err(Error::BadSignature),
@@ -413,6 +455,7 @@ mod tests {
         });
         b.from = 300;
         b.to = 600;
+        assert!(a.can_merge(&b));
         a.merge(&b);
         assert_eq!((a.seq_from, a.seq_to, a.from, a.to), (1, 2, 0, 600));
         assert_eq!(
@@ -432,5 +475,41 @@ mod tests {
                 seconds: 600
             }]
         );
+    }
+
+    #[test]
+    fn merges_stay_within_a_month_and_an_enrollment() {
+        let b = Month::parse("2026-11").unwrap().start();
+        let at = |seq: u64, from: i64, to: i64| Report {
+            from,
+            to,
+            ..report(seq)
+        };
+        // (earlier, later, may merge)
+        let cases = [
+            ("both in October", at(1, b - 600, b - 300), at(2, b - 300, b), true),
+            ("October and November", at(1, b - 300, b), at(2, b, b + 300), false),
+            ("both in November", at(1, b, b + 300), at(2, b + 300, b + 600), true),
+            (
+                "a zero-length November report after October",
+                at(1, b - 300, b),
+                at(2, b, b),
+                false,
+            ),
+            (
+                "other epoch",
+                at(1, b, b + 300),
+                Report {
+                    epoch: 2,
+                    ..at(2, b + 300, b + 600)
+                },
+                false,
+            ),
+            ("out of order", at(2, b, b + 300), at(1, b + 300, b + 600), false),
+            ("periods overlapping", at(1, b, b + 300), at(2, b + 200, b + 600), false),
+        ];
+        for (name, a, later, want) in cases {
+            assert_eq!(a.can_merge(&later), want, "{name}");
+        }
     }
 }

@@ -1,0 +1,163 @@
+//! The node's usage ledger: the accumulator and the next report's number
+//! (what `usage.json` holds), and the decisions about reports as pure
+//! functions of it and `now`: which period the next report covers, and
+//! whether one is due.
+//!
+//! The caller does the I/O in this order, which is what makes a crash at
+//! any point lose nothing and count nothing twice:
+//! 1. persist the ledger after every poll;
+//! 2. when [`Ledger::due`] gives a period, write its report (number
+//!    `next_seq`) durably to the outbox;
+//! 3. [`Ledger::commit`], persist.
+//!
+//! A crash between 2 and 3 leaves a report numbered `next_seq` in the
+//! outbox and a ledger that still holds its period: on start
+//! [`Ledger::recover`] commits it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::accounting::{Accumulator, Period};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// The number the next report gets.
+    pub next_seq: u64,
+    pub acc: Accumulator,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            next_seq: 1,
+            acc: Accumulator::default(),
+        }
+    }
+}
+
+impl Ledger {
+    /// The period the next report covers, if a report is due now.
+    ///
+    /// A month that ended is due at once, oldest first, so no report ever
+    /// spans a month boundary and a month is complete at ops as soon as it
+    /// can be. Otherwise the open period is due once `interval` has passed
+    /// since the last report; it ends at the last poll. Before any poll,
+    /// the report is an empty period at `now` (it still carries the node's
+    /// health and resource figures).
+    pub fn due(&self, since_last_report: Duration, interval: Duration, now: i64) -> Option<Period> {
+        if let Some(p) = self.acc.closed.first() {
+            return Some(p.clone());
+        }
+        if since_last_report < interval {
+            return None;
+        }
+        let mut acc = self.acc.clone();
+        Some(acc.close().unwrap_or_else(|| Period {
+            from: now,
+            to: now,
+            members: Default::default(),
+            meetings: Default::default(),
+            gaps: Default::default(),
+        }))
+    }
+
+    /// The report of the period [`Ledger::due`] gave is written: forget
+    /// that period and move on to the next number.
+    pub fn commit(&mut self) {
+        if self.acc.closed.is_empty() {
+            let _ = self.acc.close();
+        } else {
+            self.acc.closed.remove(0);
+        }
+        self.next_seq += 1;
+    }
+
+    /// Start-up: reports numbered up to `written` are in the outbox. Any
+    /// of them at or past `next_seq` was written without its commit (a
+    /// crash between the two): commit it now. Returns how many.
+    pub fn recover(&mut self, written: u64) -> u64 {
+        let mut n = 0;
+        while self.next_seq <= written {
+            self.commit();
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::Seen;
+    use crate::month::Month;
+
+    fn seen(n: u32) -> Vec<Seen> {
+        vec![Seen {
+            id: "m".into(),
+            member: "a".into(),
+            participants: n,
+            breakout: false,
+        }]
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn months_first_then_the_open_period_at_the_interval() {
+        let b = Month::parse("2026-11").unwrap().start();
+        let mut l = Ledger::default();
+        assert_eq!(l.due(Duration::ZERO, MIN, 5), None, "not yet due");
+        let hb = l.due(MIN, MIN, 5).unwrap();
+        assert_eq!((hb.from, hb.to), (5, 5), "no poll yet: an empty period now");
+        assert!(hb.members.is_empty());
+        l.acc.observe(b - 90, seen(2), 300);
+        l.acc.observe(b + 30, seen(3), 300);
+        // The month that ended is due even right after a report.
+        let oct = l.due(Duration::ZERO, MIN, 0).unwrap();
+        assert_eq!((oct.from, oct.to), (b - 90, b));
+        assert_eq!(oct.members["a"].participant_seconds, 180);
+        l.commit();
+        assert_eq!(l.next_seq, 2);
+        assert_eq!(l.due(Duration::ZERO, MIN, 0), None);
+        let nov = l.due(MIN, MIN, 0).unwrap();
+        assert_eq!((nov.from, nov.to), (b, b + 30));
+        assert_eq!(nov.members["a"].participant_seconds, 60);
+        l.commit();
+        assert_eq!(l.next_seq, 3);
+        let next = l.due(MIN, MIN, 0).unwrap();
+        assert_eq!((next.from, next.to), (b + 30, b + 30), "nothing new since");
+        assert!(next.members.is_empty());
+    }
+
+    #[test]
+    fn recovery_commits_what_a_crash_left_uncommitted() {
+        let b = Month::parse("2026-01").unwrap().start();
+        let mut l = Ledger::default();
+        l.acc.observe(b - 30, seen(1), 300);
+        l.acc.observe(b + 30, seen(1), 300);
+        let before = l.clone();
+        // Report 1 (December) reached the outbox; the crash came before the commit.
+        let dec = l.due(Duration::ZERO, MIN, 0).unwrap();
+        assert_eq!(Month::of(dec.from).to_string(), "2025-12");
+        let mut after_crash = before.clone();
+        assert_eq!(after_crash.recover(1), 1);
+        l.commit();
+        assert_eq!(after_crash, l, "recovery is the commit that did not happen");
+        assert_eq!(after_crash.recover(1), 0, "and only once");
+        let jan = after_crash.due(MIN, MIN, 0).unwrap();
+        assert_eq!((jan.from, jan.to), (b, b + 30));
+    }
+
+    #[test]
+    fn ledger_files_from_before_months_still_load() {
+        // usage.json as the previous release wrote it.
+        let old = r#"{"next_seq":7,"acc":{"period_from":100,"last":[130,[{"id":"m","member":"a","participants":2,"breakout":false}]],
+            "failed_since_last":false,"members":{"a":{"meeting_seconds":30,"participant_seconds":60,"peak_participants":2}},
+            "meetings":{"m":{"member":"a","seconds":30}},"gaps":[{"from":0,"to":100}]}}"#;
+        let l: Ledger = serde_json::from_str(old).unwrap();
+        assert_eq!(l.next_seq, 7);
+        assert!(l.acc.closed.is_empty());
+        assert_eq!(l.acc.gaps[0].reason, crate::accounting::GapReason::NoAnswer);
+    }
+}
