@@ -258,10 +258,10 @@ fn day() -> Vec<(i64, Ev)> {
     v
 }
 
+/// The stand-in's script for events at `at` seconds after its virtual start.
 fn script_toml(events: &[(i64, Ev)]) -> String {
     let mut s = String::new();
-    for (step, e) in events {
-        let at = step * STEP;
+    for (at, e) in events {
         match e {
             Ev::Create { id, member, parent } => {
                 s.push_str(&format!(
@@ -295,24 +295,42 @@ struct Row {
     longest: u64,
 }
 
-/// The ground truth, straight from the script: at each step the state
-/// after its events holds until the next step. Steps in `skip` are charged
-/// to nobody (an interval with a failed poll in it), and steps in `unseen`
-/// (no successful poll) do not count for peaks.
-fn truth(events: &[(i64, Ev)], skip: &[i64], unseen: &[i64]) -> BTreeMap<String, Row> {
+/// Events at step `k` happen `k * STEP` seconds after the virtual start.
+fn in_seconds(events: &[(i64, Ev)]) -> Vec<(i64, Ev)> {
+    events.iter().map(|(k, e)| (k * STEP, e.clone())).collect()
+}
+
+/// Usage per UTC month and member.
+type Months = BTreeMap<String, BTreeMap<String, Row>>;
+
+/// The ground truth, straight from the script, by UTC month. BBB's clock
+/// is stepped through the instants `times`; the state after the events at
+/// `times[k]` (events at `start + at`) holds over `[times[k], times[k+1])`
+/// and is charged there, cut at month boundaries: meeting-seconds for main
+/// meetings, participant-seconds for all. Intervals in `skip` are charged
+/// to nobody (a failed poll in them); a poll at `times[k]` counts for the
+/// peak of its month unless `k` is in `unseen` (no successful poll then).
+/// A meeting counts in each month it had seconds in, and its longest is
+/// its time within that month.
+fn truth_months(events: &[(i64, Ev)], start: i64, times: &[i64], skip: &[usize], unseen: &[usize]) -> Months {
     struct M {
         member: String,
         parent: Option<&'static str>,
         users: Vec<String>,
         instance: u32,
     }
+    let month = |t: i64| appliance_usage::Month::of(t).to_string();
     let mut live: BTreeMap<&'static str, M> = BTreeMap::new();
     let mut instances: BTreeMap<&'static str, u32> = BTreeMap::new();
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-    let mut per_meeting: BTreeMap<(String, u32), (String, u64)> = BTreeMap::new();
-    for step in 0..STEPS {
-        for (_, e) in events.iter().filter(|(s, _)| *s == step) {
-            match e {
+    let mut out: Months = BTreeMap::new();
+    // (month, meeting, instance) -> (member, seconds)
+    let mut per_meeting: BTreeMap<(String, String, u32), (String, u64)> = BTreeMap::new();
+    let mut applied = 0;
+    let mut sorted: Vec<&(i64, Ev)> = events.iter().collect();
+    sorted.sort_by_key(|(at, _)| *at);
+    for (k, &t) in times.iter().enumerate() {
+        while applied < sorted.len() && start + sorted[applied].0 <= t {
+            match &sorted[applied].1 {
                 Ev::Create { id, member, parent } => {
                     let member = match parent {
                         Some(p) => live[p].member.clone(),
@@ -337,39 +355,59 @@ fn truth(events: &[(i64, Ev)], skip: &[i64], unseen: &[i64]) -> BTreeMap<String,
                     live.retain(|_, m| m.parent != Some(*id));
                 }
             }
+            applied += 1;
         }
         let mut now: BTreeMap<String, u64> = BTreeMap::new();
-        for (id, m) in &live {
-            if m.users.is_empty() {
-                continue;
-            }
+        for m in live.values().filter(|m| !m.users.is_empty()) {
             *now.entry(m.member.clone()).or_default() += m.users.len() as u64;
-            if skip.contains(&step) {
-                continue;
-            }
-            let r = rows.entry(m.member.clone()).or_default();
-            r.participant_seconds += m.users.len() as u64 * STEP as u64;
-            if m.parent.is_none() {
-                r.meeting_seconds += STEP as u64;
-                per_meeting
-                    .entry((id.to_string(), m.instance))
-                    .or_insert_with(|| (m.member.clone(), 0))
-                    .1 += STEP as u64;
-            }
         }
-        for (member, n) in now {
-            let r = rows.entry(member).or_default();
-            if !unseen.contains(&step) {
+        if !unseen.contains(&k) {
+            for (member, n) in now {
+                let r = out.entry(month(t)).or_default().entry(member).or_default();
                 r.peak = r.peak.max(n);
             }
         }
+        let Some(&next) = times.get(k + 1) else { break };
+        if skip.contains(&k) {
+            continue;
+        }
+        // The interval, cut at the month boundary inside it (if any).
+        let cut = appliance_usage::month::month_end(t).min(next);
+        for (from, to) in [(t, cut), (cut, next)] {
+            if to <= from {
+                continue;
+            }
+            let secs = (to - from) as u64;
+            for (id, m) in live.iter().filter(|(_, m)| !m.users.is_empty()) {
+                let r = out.entry(month(from)).or_default().entry(m.member.clone()).or_default();
+                r.participant_seconds += m.users.len() as u64 * secs;
+                if m.parent.is_none() {
+                    r.meeting_seconds += secs;
+                    per_meeting
+                        .entry((month(from), id.to_string(), m.instance))
+                        .or_insert_with(|| (m.member.clone(), 0))
+                        .1 += secs;
+                }
+            }
+        }
     }
-    for ((_, _), (member, secs)) in per_meeting {
-        let r = rows.get_mut(&member).unwrap();
+    for ((month, _, _), (member, secs)) in per_meeting {
+        let r = out.get_mut(&month).unwrap().get_mut(&member).unwrap();
         r.meetings += 1;
         r.longest = r.longest.max(secs);
     }
-    rows
+    out
+}
+
+/// The scripted day's ground truth (all in November; events in seconds),
+/// with steps in `skip` charged to nobody and steps in `unseen` not
+/// counting for peaks.
+fn truth(events: &[(i64, Ev)], skip: &[i64], unseen: &[i64]) -> BTreeMap<String, Row> {
+    let times: Vec<i64> = (0..=STEPS).map(|k| DAY_START + k * STEP).collect();
+    let idx = |v: &[i64]| v.iter().map(|k| *k as usize).collect::<Vec<_>>();
+    truth_months(events, DAY_START, &times, &idx(skip), &idx(unseen))
+        .remove("2026-11")
+        .unwrap_or_default()
 }
 
 // --- global ops, the proxy in front of it, the stand-in ---------------------------
@@ -424,6 +462,36 @@ impl Ops {
         });
     }
 
+    /// The port `serve` listens on (from the config).
+    fn listen_port(&self) -> u16 {
+        let text = fs::read_to_string(&self.config).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .unwrap()
+            .trim_end_matches('"')
+            .parse()
+            .unwrap()
+    }
+
+    /// `appliance-ops nodes --json`.
+    fn nodes_json(&self) -> serde_json::Value {
+        let out = self.cli(&["nodes", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The CSV rows of `usage --month`, header left out.
+    fn usage_rows(&self, month: &str) -> String {
+        let out = self.cli(&["usage", "--month", month, "--csv"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -452,7 +520,12 @@ impl Ops {
     }
 
     fn usage(&self) -> BTreeMap<String, Row> {
-        let out = self.cli(&["usage", "--month", "2026-11", "--csv"]);
+        self.usage_in("2026-11")
+    }
+
+    /// `appliance-ops usage --month MONTH --csv`, for the one test node.
+    fn usage_in(&self, month: &str) -> BTreeMap<String, Row> {
+        let out = self.cli(&["usage", "--month", month, "--csv"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let mut lines = text.lines();
@@ -582,7 +655,8 @@ impl Drop for StandIn {
 }
 
 impl StandIn {
-    fn start(script: &Path) -> StandIn {
+    /// The stand-in on a virtual clock starting at `start`.
+    fn start(script: &Path, start: i64) -> StandIn {
         let port = free_port();
         let child = Command::new(bin("bbb-standin"))
             .args([
@@ -591,7 +665,7 @@ impl StandIn {
                 "--secret",
                 SECRET,
                 "--virtual-clock",
-                &DAY_START.to_string(),
+                &start.to_string(),
                 "--script",
             ])
             .arg(script)
@@ -649,47 +723,52 @@ struct World {
     _box: Box_,
 }
 
+/// What a scenario varies.
+struct Scenario<'a> {
+    /// Where the node keeps its state (default: a temp dir).
+    state_dir: Option<&'a Path>,
+    /// BBB's virtual clock at the start.
+    start: i64,
+    /// The script: events in seconds after `start`.
+    events: Vec<(i64, Ev)>,
+    /// More `[usage]` settings.
+    usage: &'a str,
+}
+
 fn world(state_dir: Option<&Path>) -> World {
-    let events = day();
+    world_with(Scenario {
+        state_dir,
+        start: DAY_START,
+        events: in_seconds(&day()),
+        usage: "",
+    })
+}
+
+fn world_with(sc: Scenario<'_>) -> World {
+    let events = sc.events;
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("day.toml");
+    let script = dir.path().join("script.toml");
     fs::write(&script, script_toml(&events)).unwrap();
     let ops_port = free_port();
     let proxy = Proxy::start(ops_port);
     let ops = Ops::new(ops_port, proxy.port);
-    let bbb = StandIn::start(&script);
+    let bbb = StandIn::start(&script, sc.start);
     let b = Box_::recorded("no-sensors");
     let extra = format!(
         "[bbb]\nurl = \"http://{}/bigbluebutton/api\"\nsecret = \"{SECRET}\"\npoll_interval = \"100ms\"\n\n\
-         [usage]\nreport_interval = \"1s\"\nmax_gap = \"2h\"\nretry_min = \"100ms\"\nretry_max = \"1s\"\n",
-        bbb.addr
+         [usage]\nreport_interval = \"1s\"\nmax_gap = \"2h\"\nretry_min = \"100ms\"\nretry_max = \"1s\"\n{}\n",
+        bbb.addr, sc.usage
     );
-    let node = match state_dir {
-        None => Supervisor::start(Setup {
-            sysfs_root: &b.path("sys"),
-            procfs_root: &b.path("proc"),
-            extra: &extra,
-        }),
-        Some(sd) => Supervisor::start_in(
-            Setup {
-                sysfs_root: &b.path("sys"),
-                procfs_root: &b.path("proc"),
-                extra: &extra,
-            },
-            sd,
-        ),
+    let setup = Setup {
+        sysfs_root: &b.path("sys"),
+        procfs_root: &b.path("proc"),
+        extra: &extra,
     };
-    let token = ops.token("test-node");
-    let out = node.cli(&[
-        "enroll",
-        "--ops",
-        &format!("https://127.0.0.1:{}", proxy.port),
-        "--token",
-        &token,
-    ]);
-    assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("enrolled with https://127.0.0.1:"));
-    World {
+    let node = match sc.state_dir {
+        None => Supervisor::start(setup),
+        Some(sd) => Supervisor::start_in(setup, sd),
+    };
+    let w = World {
         ops,
         proxy,
         bbb,
@@ -697,29 +776,47 @@ fn world(state_dir: Option<&Path>) -> World {
         events,
         _dir: dir,
         _box: b,
-    }
+    };
+    w.enroll(&[]);
+    w
 }
 
 impl World {
-    fn finish(&self, skip: &[i64], unseen: &[i64]) {
-        self.bbb.step_to(DAY_START + STEPS * STEP);
-        let want = truth(&self.events, skip, unseen);
-        assert_eq!(want.len(), 4, "three members and the unassigned meeting");
+    /// `appliance enroll` with a new token from ops.
+    fn enroll(&self, extra: &[&str]) {
+        let token = self.ops.token("test-node");
+        let ops = format!("https://127.0.0.1:{}", self.proxy.port);
+        let mut args = vec!["enroll", "--ops", &ops, "--token", &token];
+        args.extend_from_slice(extra);
+        let out = self.node.cli(&args);
+        assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("enrolled with https://127.0.0.1:"));
+    }
+
+    /// Waits until ops has `want` for `month` and the node's queue is empty.
+    fn wait_for_usage(&self, month: &str, want: &BTreeMap<String, Row>) {
         wait_for(
-            "ops usage to equal the script's ground truth",
+            &format!("ops usage of {month} to equal the ground truth"),
             Duration::from_secs(90),
             || {
-                let got = self.ops.usage();
+                let got = self.ops.usage_in(month);
                 let queued = self.node.status_json()["reports"]["queued"]
                     .as_u64()
                     .unwrap_or(u64::MAX);
-                if got == want && queued == 0 {
+                if &got == want && queued == 0 {
                     Ok(())
                 } else {
                     Err(format!("queued {queued}\ngot  {got:?}\nwant {want:?}"))
                 }
             },
         );
+    }
+
+    fn finish(&self, skip: &[i64], unseen: &[i64]) {
+        self.bbb.step_to(DAY_START + STEPS * STEP);
+        let want = truth(&self.events, skip, unseen);
+        assert_eq!(want.len(), 4, "three members and the unassigned meeting");
+        self.wait_for_usage("2026-11", &want);
         // And it stays equal: a later report adds nothing twice.
         let n = self.node.status_json()["reports"]["last_success"]
             .as_f64()
@@ -756,15 +853,7 @@ fn a_scripted_day_is_counted_exactly() {
 #[test]
 fn ops_down_for_a_stretch() {
     let mut w = world(None);
-    let ops_port = {
-        let text = fs::read_to_string(&w.ops.config).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
-            .unwrap()
-            .trim_end_matches('"')
-            .parse::<u16>()
-            .unwrap()
-    };
+    let ops_port = w.ops.listen_port();
     for k in 1..STEPS {
         if k == 30 {
             w.ops.stop();
@@ -916,7 +1005,7 @@ fn enrollment_is_refused_with_clear_reasons() {
     let events = day();
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("day.toml");
-    fs::write(&script, script_toml(&events)).unwrap();
+    fs::write(&script, script_toml(&in_seconds(&events))).unwrap();
     let ops_port = free_port();
     let ops = Ops::new(ops_port, ops_port);
     let b = Box_::recorded("no-sensors");
@@ -1004,12 +1093,444 @@ fn enrollment_is_refused_with_clear_reasons() {
         (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     assert!(err.contains("the token is for ops"), "{err}");
-    // Revoked: reports are refused, and the node says so.
+    // Revoked: reports are refused, and the node says so. Without BBB the
+    // node still reports (empty periods with its health and resources).
     let out = ops.cli(&["revoke", "--node", "test-node"]);
     assert!(out.status.success());
-    // The node only reports with BBB configured; its status shows enrollment.
     let st = node.status_json();
     assert_eq!(st["enrollment"]["node"], "test-node");
+    wait_for("the node to show ops's refusal", T, || {
+        let st = node.status_json();
+        let alerts = st["alerts"].to_string();
+        if alerts.contains("usage-refused")
+            && alerts.contains("is revoked at ops")
+            && st["reports"]["queued"].as_u64() >= Some(1)
+        {
+            Ok(())
+        } else {
+            Err(format!("{alerts} {}", st["reports"]))
+        }
+    });
     let (_, err) = enroll(&ops.token("test-node"), &["--force"]);
     assert!(err.contains("node \"test-node\" is revoked at ops"), "{err}");
+}
+
+// --- month boundaries, replaced disks, hostile reports -----------------------------
+
+/// 2026-10-31 22:00:00 UTC: two hours before November.
+const EVE: i64 = 1_793_484_000;
+/// Seven minutes: midnight falls inside the interval from step 17
+/// (23:59:00) to step 18 (00:06:00), so an interval is cut there.
+const EVE_STEP: i64 = 420;
+const EVE_STEPS: i64 = 44;
+
+/// Builds a script in steps; users of meeting `id` are `id-uN`.
+#[derive(Default)]
+struct Script(Vec<(i64, Ev)>);
+
+impl Script {
+    fn create(&mut self, step: i64, id: &'static str, member: Option<&'static str>, parent: Option<&'static str>) {
+        self.0.push((step, Ev::Create { id, member, parent }));
+    }
+    fn join(&mut self, step: i64, id: &'static str, users: std::ops::Range<u32>) {
+        for u in users {
+            self.0.push((
+                step,
+                Ev::Join {
+                    id,
+                    user: format!("{id}-u{u}"),
+                },
+            ));
+        }
+    }
+    fn leave(&mut self, step: i64, id: &'static str, user: u32) {
+        self.0.push((
+            step,
+            Ev::Leave {
+                id,
+                user: format!("{id}-u{user}"),
+            },
+        ));
+    }
+    fn end(&mut self, step: i64, id: &'static str) {
+        self.0.push((step, Ev::End { id }));
+    }
+    /// The events in seconds after the start.
+    fn seconds(&self, step: i64) -> Vec<(i64, Ev)> {
+        self.0.iter().map(|(k, e)| (k * step, e.clone())).collect()
+    }
+}
+
+/// The last night of October: a board meeting and its breakout room and
+/// an untagged meeting run across midnight; one meeting only in October,
+/// one only in November.
+fn night() -> Script {
+    let mut s = Script::default();
+    s.create(1, "b-eve", Some("coop-b"), None);
+    s.join(1, "b-eve", 0..6);
+    s.leave(6, "b-eve", 0);
+    s.end(12, "b-eve");
+    s.create(2, "a-night", Some("coop-a"), None);
+    s.join(2, "a-night", 0..4);
+    s.join(5, "a-night", 4..7);
+    s.create(15, "a-room", None, Some("a-night"));
+    s.join(15, "a-room", 0..4);
+    s.create(16, "x-mid", None, None);
+    s.join(16, "x-mid", 0..3);
+    s.leave(19, "a-night", 6);
+    s.end(19, "x-mid");
+    s.end(20, "a-room");
+    s.create(22, "c-late", Some("coop-c"), None);
+    s.join(22, "c-late", 0..4);
+    s.join(25, "c-late", 4..5);
+    s.end(30, "a-night");
+    s.end(38, "c-late");
+    s
+}
+
+#[test]
+fn a_meeting_across_the_first_is_billed_to_each_month_exactly() {
+    let script = night();
+    // Merging is forced (at most 3 queued reports) while ops is down.
+    let mut w = world_with(Scenario {
+        state_dir: None,
+        start: EVE,
+        events: script.seconds(EVE_STEP),
+        usage: "max_reports = 3",
+    });
+    let ops_port = w.ops.listen_port();
+    let times: Vec<i64> = (0..=EVE_STEPS).map(|k| EVE + k * EVE_STEP).collect();
+    let want = truth_months(&w.events, EVE, &times, &[], &[]);
+    // The script does what this test is about.
+    assert_eq!(want.keys().collect::<Vec<_>>(), ["2026-10", "2026-11"]);
+    for (month, member) in [
+        ("2026-10", "coop-a"),
+        ("2026-11", "coop-a"),
+        ("2026-10", "unassigned"),
+        ("2026-11", "unassigned"),
+    ] {
+        assert_eq!(want[month][member].meetings, 1, "{month} {member}");
+    }
+    assert!(want["2026-10"].contains_key("coop-b") && !want["2026-11"].contains_key("coop-b"));
+    assert!(want["2026-11"].contains_key("coop-c") && !want["2026-10"].contains_key("coop-c"));
+
+    // Ops is down from 22:56 to 01:58; the supervisor is killed five
+    // times, twice on either side of midnight.
+    let kills = [12, 17, 18, 24, 31];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for k in 1..=EVE_STEPS {
+        let t = EVE + k * EVE_STEP;
+        if k == 8 {
+            w.ops.stop();
+        }
+        if k == 34 {
+            let st = w.node.status_json();
+            let queued = st["reports"]["queued"].as_u64().unwrap();
+            assert!(
+                (2..=3).contains(&queued),
+                "reports of both months queue, merged down to 3 but not across the 1st: {queued}"
+            );
+            w.ops.start(ops_port);
+        }
+        if kills.contains(&k) {
+            w.bbb.post(&format!("/standin/advance?to={t}"));
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_millis(seed % 250));
+            w.node.kill9();
+            w.node.restart();
+        }
+        w.bbb.step_to(t);
+    }
+    w.wait_for_usage("2026-10", &want["2026-10"]);
+    w.wait_for_usage("2026-11", &want["2026-11"]);
+    // It stays exact: later reports add nothing twice.
+    let n = w.node.status_json()["reports"]["last_success"].as_f64().unwrap_or(0.0);
+    wait_for("another report acknowledged", T, || {
+        if w.node.status_json()["reports"]["last_success"].as_f64().unwrap_or(0.0) > n {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    assert_eq!(w.ops.usage_in("2026-10"), want["2026-10"]);
+    assert_eq!(w.ops.usage_in("2026-11"), want["2026-11"]);
+    let nodes = w.ops.nodes_json();
+    assert_eq!(nodes[0]["refusals"], 0, "{nodes}");
+}
+
+#[test]
+fn a_replaced_disk_and_a_lost_usage_state_lose_nothing() {
+    let mut w = world(None);
+    let times = |to: i64| (0..=to).map(|k| DAY_START + k * STEP).collect::<Vec<_>>();
+    let so_far = |to: i64| {
+        truth_months(&w.events, DAY_START, &times(to), &[], &[])
+            .remove("2026-11")
+            .unwrap()
+    };
+    // Steps 72-78 and 98-114 are quiet: nothing runs while the disk is out.
+    for k in 1..=75 {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    w.wait_for_usage("2026-11", &so_far(75));
+
+    // The disk is swapped: a new, empty one in the same box.
+    w.node.kill9();
+    fs::remove_dir_all(&w.node.state_dir).unwrap();
+    w.node.restart();
+    assert!(w.node.status_json()["enrollment"].is_null());
+    w.enroll(&[]);
+    for k in 76..=102 {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    w.wait_for_usage("2026-11", &so_far(102));
+    let nodes = w.ops.nodes_json();
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "the node is listed once: {nodes}");
+    assert_eq!(
+        (nodes[0]["epoch"].as_u64(), nodes[0]["refusals"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // The usage state alone is lost (moved aside after damage, say) while
+    // the enrollment stays: its numbers could repeat ones ops has, so the
+    // node holds its reports back and says so until it enrolls again.
+    w.node.kill9();
+    fs::remove_dir_all(w.node.state_dir.join("usage")).unwrap();
+    w.node.restart();
+    for k in 103..=106 {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    let st = w.node.status_json();
+    let alerts = st["alerts"].to_string();
+    assert!(
+        alerts.contains("usage-state") && alerts.contains("enroll again"),
+        "{alerts}"
+    );
+    assert_eq!(st["health"]["status"], "critical");
+    assert_eq!(st["reports"]["queued"], 0, "nothing is numbered meanwhile");
+    w.enroll(&["--force"]);
+    for k in 107..STEPS {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    w.finish(&[], &[]);
+    let nodes = w.ops.nodes_json();
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (nodes[0]["epoch"].as_u64(), nodes[0]["refusals"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert!(!w.node.status_json()["alerts"].to_string().contains("usage-state"));
+}
+
+#[test]
+fn hostile_reports_are_refused_with_reasons_and_the_month_stays_readable() {
+    use appliance_usage::protocol::{EnrollResponse, MeetingLine, MemberLine};
+    use appliance_usage::{EnrollRequest, Envelope, MemberUsage, NodeKey, Report, Resources};
+
+    let port = free_port();
+    let ops = Ops::new(port, port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let fp = appliance_e2e::tls::pem_fingerprint(&ops.config.parent().unwrap().join("state/tls/admin-cert.pem"));
+    let post = |path: &str, body: String| {
+        let r = appliance_e2e::tls::https_request(
+            addr,
+            "POST",
+            path,
+            fp.as_deref(),
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .unwrap();
+        (r.status, r.body)
+    };
+    // Two nodes enroll as a node would, with keys of their own.
+    let enroll = |name: &str| {
+        let t = appliance_usage::Token::decode(&ops.token(name)).unwrap();
+        let key = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        let req = EnrollRequest {
+            secret: t.secret,
+            node: name.into(),
+            public_key: key.public_key(),
+            version: "0.1.0".into(),
+            facts: BTreeMap::new(),
+        };
+        let (status, body) = post("/api/v1/enroll", serde_json::to_string(&req).unwrap());
+        assert_eq!(status, 200, "{body}");
+        let r: EnrollResponse = serde_json::from_str(&body).unwrap();
+        (key, r.node_id)
+    };
+    let (honest, honest_id) = enroll("honest-node");
+    let (hostile, hostile_id) = enroll("hostile-node");
+    // 2026-11-10 10:00 UTC.
+    let t0 = DAY_START + 8 * 86_400 + 10 * 3600;
+    let report = |id: &str, seq: u64, from: i64, to: i64, participants: u64| Report {
+        node_id: id.into(),
+        epoch: 1,
+        seq_from: seq,
+        seq_to: seq,
+        from,
+        to,
+        firmware: "0.1.0".into(),
+        usage: vec![MemberLine {
+            member: "coop-a".into(),
+            usage: MemberUsage {
+                meeting_seconds: (to - from) as u64,
+                participant_seconds: participants * (to - from) as u64,
+                peak_participants: participants as u32,
+            },
+        }],
+        meetings: vec![MeetingLine {
+            id: format!("{id}-m"),
+            member: "coop-a".into(),
+            seconds: (to - from) as u64,
+        }],
+        gaps: vec![],
+        resources: Resources::default(),
+        health: "ok".into(),
+        services: String::new(),
+    };
+    let send = |key: &NodeKey, r: &Report| post("/api/v1/reports", serde_json::to_string(&key.seal(r)).unwrap());
+    assert_eq!(send(&honest, &report(&honest_id, 1, t0, t0 + 300, 7)).0, 200);
+    let good = report(&hostile_id, 1, t0, t0 + 300, 3);
+    assert_eq!(send(&hostile, &good).0, 200);
+    let want = ops.usage_rows("2026-11");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut overflowing = report(&hostile_id, 2, t0 + 300, t0 + 301, 1);
+    overflowing.usage[0].usage.meeting_seconds = i64::MAX as u64;
+    overflowing.meetings[0].seconds = i64::MAX as u64;
+    let impossible = report(&hostile_id, 3, t0 + 600, t0 + 900, 1_000_000);
+    let future = report(&hostile_id, 4, now + 86_400, now + 86_700, 2);
+    let overlapping = report(&hostile_id, 5, t0 + 100, t0 + 400, 2);
+    let conflicting = report(&hostile_id, 1, t0, t0 + 300, 4);
+    let b = appliance_usage::Month::parse("2026-11").unwrap().start();
+    let across = report(&hostile_id, 6, b - 120, b + 120, 2);
+    let forged = {
+        let mut e: Envelope = hostile.seal(&report(&hostile_id, 7, t0 + 1200, t0 + 1500, 2));
+        e.report = e
+            .report
+            .replace("\"participant_seconds\":600", "\"participant_seconds\":900");
+        e
+    };
+    let cases: Vec<(&str, (u16, String), u16, &str)> = vec![
+        (
+            "2^63-1 meeting-seconds in one second",
+            send(&hostile, &overflowing),
+            422,
+            "claims 9223372036854775807 s in a period of 1 s",
+        ),
+        (
+            "a million participants",
+            send(&hostile, &impossible),
+            422,
+            "participant-seconds",
+        ),
+        ("a day ahead", send(&hostile, &future), 422, "ahead of ops's clock"),
+        (
+            "time counted already",
+            send(&hostile, &overlapping),
+            409,
+            "that time was counted already",
+        ),
+        (
+            "another report 1",
+            send(&hostile, &conflicting),
+            409,
+            "differs from the report 1 stored before",
+        ),
+        ("across the 1st", send(&hostile, &across), 422, "spans a month boundary"),
+        (
+            "tampered after signing",
+            post("/api/v1/reports", serde_json::to_string(&forged).unwrap()),
+            403,
+            "signature does not verify",
+        ),
+    ];
+    for (name, (status, body), want_status, reason) in &cases {
+        assert_eq!(status, want_status, "{name}: {body}");
+        assert!(body.contains(reason), "{name}: {body}");
+    }
+    // The month is still readable, and nobody's figures moved.
+    let out = ops.cli(&["usage", "--month", "2026-11", "--csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ops.usage_rows("2026-11"), want);
+    assert!(want.contains("honest-node,coop-a,1,300,2100,7,300"), "{want}");
+    assert!(want.contains("hostile-node,coop-a,1,300,900,3,300"), "{want}");
+    // Ops sees the refusals.
+    let nodes = ops.nodes_json();
+    let hostile_row = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "hostile-node")
+        .unwrap();
+    assert_eq!(hostile_row["refusals"], cases.len() as u64);
+    assert!(
+        hostile_row["last_refusal"].as_str().unwrap().contains("signature"),
+        "{hostile_row}"
+    );
+    let text = String::from_utf8(ops.cli(&["nodes"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "refused: node hostile-node had {} report(s) refused",
+            cases.len()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("refused: node honest-node"), "{text}");
+}
+
+#[test]
+fn a_usage_state_restored_from_a_backup_is_refused_not_counted_twice() {
+    let mut w = world(None);
+    for k in 1..=60 {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    // A backup of the state dir, taken now (files are replaced atomically).
+    let usage = w.node.state_dir.join("usage/usage.json");
+    let backup = fs::read(&usage).unwrap();
+    for k in 61..=75 {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    let times: Vec<i64> = (0..=75).map(|k| DAY_START + k * STEP).collect();
+    let so_far = truth_months(&w.events, DAY_START, &times, &[], &[])
+        .remove("2026-11")
+        .unwrap();
+    w.wait_for_usage("2026-11", &so_far);
+    // The disk is restored from that backup: its ledger reports time (and
+    // numbers) that ops has.
+    w.node.kill9();
+    fs::remove_dir_all(w.node.state_dir.join("usage/outbox")).unwrap();
+    fs::write(&usage, &backup).unwrap();
+    w.node.restart();
+    w.bbb.step_to(DAY_START + 76 * STEP);
+    wait_for("the node to show ops's refusal", T, || {
+        let st = w.node.status_json();
+        let alerts = st["alerts"].to_string();
+        if alerts.contains("usage-refused") && (alerts.contains("counted already") || alerts.contains("differs from")) {
+            Ok(())
+        } else {
+            Err(format!("{alerts} {}", st["reports"]))
+        }
+    });
+    assert!(
+        w.node.status_json()["reports"]["queued"].as_u64() >= Some(1),
+        "the refused report stays queued"
+    );
+    assert_eq!(w.ops.usage_in("2026-11"), so_far, "nothing was counted twice");
+    assert!(w.ops.nodes_json()[0]["refusals"].as_u64() >= Some(1));
+    // The runbook (docs/ops.md): move usage/ aside, enroll again.
+    w.node.kill9();
+    fs::rename(w.node.state_dir.join("usage"), w.node.state_dir.join("usage.refused")).unwrap();
+    w.node.restart();
+    w.enroll(&["--force"]);
+    for k in 77..STEPS {
+        w.bbb.step_to(DAY_START + k * STEP);
+    }
+    w.finish(&[], &[]);
+    assert!(!w.node.status_json()["alerts"].to_string().contains("usage-refused"));
 }

@@ -31,8 +31,7 @@ pub struct Limits {
     pub clock_skew: i64,
 }
 
-/// Longest member name or meeting id, in bytes.
-pub const MAX_NAME: usize = 256;
+pub use appliance_usage::protocol::MAX_NAME;
 
 /// Why a report is implausible. Each says what is wrong in words a person
 /// at ops (and on the node, which shows it) can act on.

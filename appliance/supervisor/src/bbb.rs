@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use appliance_api::{BbbStatus, MeetingView};
+use appliance_usage::protocol::clip_name;
 use appliance_usage::{Seen, UNASSIGNED};
 use tokio::sync::watch;
 
@@ -78,10 +79,9 @@ pub fn seen(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<Seen> 
         .iter()
         .filter(|m| m.running)
         .map(|m| Seen {
-            id: m.internal_meeting_id.clone(),
-            member: appliance_bbb::member_of(meetings, m, member_key)
-                .unwrap_or(UNASSIGNED)
-                .to_string(),
+            // Ops refuses longer names; a front end may send any metadata.
+            id: clip_name(&m.internal_meeting_id).to_string(),
+            member: clip_name(appliance_bbb::member_of(meetings, m, member_key).unwrap_or(UNASSIGNED)).to_string(),
             participants: m.participant_count,
             breakout: m.is_breakout,
         })

@@ -11,7 +11,7 @@ use appliance_usage::protocol::{EnrollResponse, ErrorBody};
 use appliance_usage::{EnrollRequest, NodeKey, Token};
 use serde::{Deserialize, Serialize};
 
-use crate::outbox::write_durable;
+use crate::outbox::{read_if_exists, write_durable};
 
 /// What `enrollment.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,13 +72,9 @@ fn unix_now() -> i64 {
 /// The node's identity key if it has one. Only enrollment makes one.
 pub fn load_key(state: &Path) -> Result<Option<NodeKey>, String> {
     let p = key_path(state);
-    match std::fs::read(&p) {
-        Ok(b) => NodeKey::from_pkcs8(&b)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
+    read_if_exists(&p)?
+        .map(|b| NodeKey::from_pkcs8(&b).map_err(|e| format!("{}: {e}", p.display())))
+        .transpose()
 }
 
 /// The identity key for an enrollment: the existing one (re-enrolling the
@@ -105,13 +101,9 @@ fn key_for_enrollment(state: &Path) -> Result<NodeKey, EnrollError> {
 /// cannot be read is an error, not "not enrolled".
 pub fn load(state: &Path) -> Result<Option<Enrollment>, String> {
     let p = state.join("enrollment.json");
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| format!("{}: damaged ({e})", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
+    read_if_exists(&p)?
+        .map(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: damaged ({e})", p.display())))
+        .transpose()
 }
 
 pub fn save(state: &Path, e: &Enrollment) -> Result<(), String> {

@@ -36,6 +36,16 @@ pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
     appliance_certs::write_atomic(path, data, 0o600).map_err(std::io::Error::other)
 }
 
+/// A file's bytes, `None` when it does not exist; any other failure to read
+/// it is an error (naming the file), never "absent".
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::enrollment::{self, EnrollError, Enrollment, NodeFacts};
-use crate::outbox::{Entry, Outbox, write_durable};
+use crate::outbox::{Entry, Outbox, read_if_exists, write_durable};
 
 /// Settings of the usage reports (`[usage]` in the config).
 #[derive(Debug, Clone)]
@@ -235,6 +235,7 @@ pub fn task(state_dir: &Path, firmware: &str, settings: Settings, clock: Arc<dyn
         client: None,
         ledger_error: None,
         identity_error: None,
+        numbering_error: None,
         out: ReportsState::default(),
         publish,
     };
@@ -301,6 +302,8 @@ struct Owner {
     /// Why the ledger cannot be opened, and why the node cannot sign.
     ledger_error: Option<String>,
     identity_error: Option<String>,
+    /// Why the ledger may not number reports for this enrollment.
+    numbering_error: Option<String>,
     out: ReportsState,
     publish: watch::Sender<ReportsState>,
 }
@@ -320,15 +323,14 @@ fn open_books(dir: &Path) -> Result<Books, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let outbox = Outbox::open(&dir.join("outbox")).map_err(|e| format!("{}: {e}", dir.join("outbox").display()))?;
     let path = dir.join(LEDGER_FILE);
-    let mut ledger: Ledger = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+    let mut ledger: Ledger = match read_if_exists(&path)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| {
             format!(
-                "{}: damaged ({e}); nothing is counted until it is moved aside (then counting starts afresh)",
+                "{}: damaged ({e}); nothing is counted until it is moved aside (then counting starts afresh and the node must enroll again)",
                 path.display()
             )
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        None => Ledger::default(),
     };
     if let Some(max) = outbox.max_seq() {
         let n = ledger.recover(max);
@@ -419,6 +421,16 @@ impl Owner {
                 key,
                 reply,
             } => {
+                // The ledger takes the new enrollment first. A crash before
+                // enrollment.json is saved then leaves a first-time node
+                // simply not enrolled (the next enrollment is adopted), not
+                // a fresh ledger that refuses to number; either way nothing
+                // is lost and enrolling again resolves it.
+                if let Some(b) = self.books.as_mut() {
+                    b.ledger.enrolled(enr.epoch);
+                    self.numbering_error = None;
+                    self.persist();
+                }
                 let dir = self.state_dir.clone();
                 let saved = blocking(|| enrollment::save(&dir, &enr));
                 if saved.is_ok() {
@@ -477,6 +489,24 @@ impl Owner {
         let Some(interval) = self.interval() else { return };
         if self.key.is_none() || self.books.is_none() {
             return;
+        }
+        let epoch = self.enrollment.as_ref().map(|e| e.epoch).unwrap_or_default();
+        let numbering = self.books.as_mut().map(|b| b.ledger.number_for(epoch));
+        match numbering {
+            Some(Ok(changed)) => {
+                self.numbering_error = None;
+                if changed {
+                    self.persist();
+                }
+            }
+            Some(Err(e)) => {
+                if self.numbering_error.is_none() {
+                    log::error!("usage reports are held back: {e}");
+                }
+                self.numbering_error = Some(e.to_string());
+                return;
+            }
+            None => return,
         }
         if !self.on_disk {
             self.persist();
@@ -612,10 +642,11 @@ impl Owner {
     }
 
     fn publish(&mut self) {
-        self.out.state_error = match (&self.ledger_error, &self.identity_error) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.clone().or_else(|| b.clone()),
-        };
+        let problems: Vec<&str> = [&self.ledger_error, &self.identity_error, &self.numbering_error]
+            .into_iter()
+            .filter_map(|e| e.as_deref())
+            .collect();
+        self.out.state_error = (!problems.is_empty()).then(|| problems.join("; "));
         let new = self.out.clone();
         self.publish.send_if_modified(|s| {
             if *s == new {
@@ -727,5 +758,170 @@ impl ResourceAcc {
             max_temperature: r.max_temp,
             disk_used_ratio_max: r.disk_max,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use appliance_usage::Month;
+
+    use super::*;
+
+    /// A clock the test moves.
+    struct Manual {
+        base: Instant,
+        offset: Mutex<Duration>,
+        unix: i64,
+    }
+
+    impl Clock for Manual {
+        fn now(&self) -> Instant {
+            self.base + *self.offset.lock().unwrap()
+        }
+        fn unix(&self) -> i64 {
+            self.unix
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            report_interval: Some(Duration::from_secs(300)),
+            max_gap: Duration::from_secs(120),
+            max_reports: 100,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+
+    /// A state dir with an enrollment (number `epoch`) and its key.
+    fn enrolled(dir: &Path, epoch: u64) -> NodeKey {
+        let pk8 = NodeKey::generate().unwrap();
+        std::fs::create_dir_all(dir.join("identity")).unwrap();
+        std::fs::write(dir.join("identity/node.pk8"), &pk8).unwrap();
+        let e = Enrollment {
+            ops: "https://127.0.0.1:1".into(),
+            fingerprint: "AA".into(),
+            node: "n".into(),
+            node_id: "id-1".into(),
+            epoch,
+            enrolled_at: 0,
+            report_interval_secs: 300,
+            reports_path: "/api/v1/reports".into(),
+        };
+        enrollment::save(dir, &e).unwrap();
+        NodeKey::from_pkcs8(&pk8).unwrap()
+    }
+
+    fn seen(n: u32) -> Vec<Seen> {
+        vec![Seen {
+            id: "m".into(),
+            member: "coop-a".into(),
+            participants: n,
+            breakout: false,
+        }]
+    }
+
+    fn reports(dir: &Path, key: &NodeKey) -> Vec<Report> {
+        Outbox::open(&dir.join("usage/outbox"))
+            .unwrap()
+            .list()
+            .iter()
+            .map(|e| e.envelope.open(&key.public_key()).unwrap())
+            .collect()
+    }
+
+    // block_in_place needs the multi-threaded runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_month_is_reported_at_its_end_and_the_rest_at_the_interval() {
+        let d = tempfile::tempdir().unwrap();
+        let key = enrolled(d.path(), 1);
+        let clock = Arc::new(Manual {
+            base: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+            unix: 1_900_000_000,
+        });
+        let (_handle, task) = task(d.path(), "0.1.0", settings(), clock.clone());
+        let mut o = task.owner;
+        o.start();
+        assert_eq!(o.out.state_error, None);
+        // A fresh ledger on an enrolled node numbers nothing...
+        let b = Month::parse("2026-11").unwrap().start();
+        o.handle(Msg::Poll(Poll::Ok {
+            at: b - 60,
+            seen: seen(2),
+        }));
+        o.step();
+        o.publish();
+        assert!(
+            o.out.state_error.as_deref().unwrap().contains("enroll again"),
+            "{:?}",
+            o.out
+        );
+        // ...until it is enrolled (again): then the waiting usage goes out.
+        let (reply, _rx) = oneshot::channel();
+        let pk8 = std::fs::read(d.path().join("identity/node.pk8")).unwrap();
+        let mut enr = enrollment::load(d.path()).unwrap().unwrap();
+        enr.epoch = 2;
+        o.handle(Msg::Enrolled {
+            enrollment: enr,
+            key: NodeKey::from_pkcs8(&pk8).unwrap(),
+            reply,
+        });
+        o.handle(Msg::Poll(Poll::Ok {
+            at: b + 30,
+            seen: seen(3),
+        }));
+        o.step();
+        o.publish();
+        assert_eq!(o.out.state_error, None);
+        // October ended: reported at once, although the interval has not passed.
+        let r = reports(d.path(), &key);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].from, r[0].to, r[0].epoch, r[0].seq_to), (b - 60, b, 2, 1));
+        assert_eq!(r[0].usage[0].usage.participant_seconds, 120);
+        o.handle(Msg::Poll(Poll::Ok {
+            at: b + 90,
+            seen: seen(3),
+        }));
+        o.step();
+        assert_eq!(reports(d.path(), &key).len(), 1, "November waits for the interval");
+        *clock.offset.lock().unwrap() = Duration::from_secs(300);
+        o.step();
+        let r = reports(d.path(), &key);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[1].from, r[1].to, r[1].seq_to), (b, b + 90, 2));
+        assert_eq!(r[1].usage[0].usage.participant_seconds, 30 * 2 + 60 * 3);
+        assert_eq!(o.out.queued, 2);
+        // The ledger on disk moved on with them.
+        let l: Ledger = serde_json::from_slice(&std::fs::read(d.path().join("usage/usage.json")).unwrap()).unwrap();
+        assert_eq!((l.next_seq, l.epoch), (3, Some(2)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_damaged_ledger_stops_counting_and_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        enrolled(d.path(), 1);
+        std::fs::create_dir_all(d.path().join("usage")).unwrap();
+        std::fs::write(d.path().join("usage/usage.json"), "{\"next_seq\": 5, \"acc\"").unwrap();
+        let clock = Arc::new(SystemClock);
+        let (_handle, task) = task(d.path(), "0.1.0", settings(), clock);
+        let mut o = task.owner;
+        o.start();
+        o.handle(Msg::Poll(Poll::Ok { at: 100, seen: seen(1) }));
+        o.step();
+        o.publish();
+        let e = o.out.state_error.clone().unwrap();
+        assert!(e.contains("usage.json: damaged") && e.contains("moved aside"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("usage/usage.json")).unwrap(),
+            "{\"next_seq\": 5, \"acc\"",
+            "the damaged file is left for a person"
+        );
+        assert!(!d.path().join("usage/outbox").read_dir().unwrap().any(|_| true));
+        let alerts = crate::state::report_alerts(&o.out);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].severity, appliance_monitor::Severity::Critical);
     }
 }

@@ -13,6 +13,12 @@
 //! A crash between 2 and 3 leaves a report numbered `next_seq` in the
 //! outbox and a ledger that still holds its period: on start
 //! [`Ledger::recover`] commits it.
+//!
+//! Ops keys reports by (node, enrollment, number). A ledger numbers for
+//! the enrollment it was given ([`Ledger::enrolled`]); one started afresh
+//! (its file was lost or moved aside) does not know which numbers an
+//! earlier ledger used, so it numbers nothing until the node enrolls again
+//! ([`Ledger::number_for`]). Its usage waits meanwhile; nothing is lost.
 
 use std::time::Duration;
 
@@ -25,6 +31,15 @@ pub struct Ledger {
     /// The number the next report gets.
     pub next_seq: u64,
     pub acc: Accumulator,
+    /// The enrollment whose numbering `next_seq` continues. `None`: started
+    /// afresh, numbering for nobody yet. A file from before enrollments
+    /// were numbered continues the node's enrollment (`Some(0)`).
+    #[serde(default = "before_epochs")]
+    pub epoch: Option<u64>,
+}
+
+fn before_epochs() -> Option<u64> {
+    Some(0)
 }
 
 impl Default for Ledger {
@@ -32,8 +47,22 @@ impl Default for Ledger {
         Ledger {
             next_seq: 1,
             acc: Accumulator::default(),
+            epoch: None,
         }
     }
+}
+
+/// Why a ledger may not number reports for the node's enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Numbering {
+    #[error(
+        "the usage state was started afresh while the node is enrolled (enrollment {0}); its report numbers could repeat ones ops has: enroll again with a new token (usage is kept and reported then)"
+    )]
+    Fresh(u64),
+    #[error(
+        "the enrollment ({enrolled}) is older than the usage state ({ledger}), as after restoring enrollment.json from a backup: enroll again with a new token"
+    )]
+    OlderEnrollment { enrolled: u64, ledger: u64 },
 }
 
 impl Ledger {
@@ -71,6 +100,30 @@ impl Ledger {
             self.acc.closed.remove(0);
         }
         self.next_seq += 1;
+    }
+
+    /// The node enrolled (again) as enrollment `epoch`: numbering goes on
+    /// from `next_seq` in it (a new enrollment at ops has no numbers yet).
+    pub fn enrolled(&mut self, epoch: u64) {
+        self.epoch = Some(epoch);
+    }
+
+    /// Whether reports may be numbered for enrollment `epoch`. A ledger
+    /// that numbered an earlier enrollment of this node moves on to it
+    /// (returns `Ok(true)`: persist).
+    pub fn number_for(&mut self, epoch: u64) -> Result<bool, Numbering> {
+        match self.epoch {
+            None => Err(Numbering::Fresh(epoch)),
+            Some(e) if e == epoch => Ok(false),
+            Some(e) if e < epoch => {
+                self.epoch = Some(epoch);
+                Ok(true)
+            }
+            Some(e) => Err(Numbering::OlderEnrollment {
+                enrolled: epoch,
+                ledger: e,
+            }),
+        }
     }
 
     /// Start-up: reports numbered up to `written` are in the outbox. Any
@@ -155,9 +208,40 @@ mod tests {
         let old = r#"{"next_seq":7,"acc":{"period_from":100,"last":[130,[{"id":"m","member":"a","participants":2,"breakout":false}]],
             "failed_since_last":false,"members":{"a":{"meeting_seconds":30,"participant_seconds":60,"peak_participants":2}},
             "meetings":{"m":{"member":"a","seconds":30}},"gaps":[{"from":0,"to":100}]}}"#;
-        let l: Ledger = serde_json::from_str(old).unwrap();
+        let mut l: Ledger = serde_json::from_str(old).unwrap();
         assert_eq!(l.next_seq, 7);
+        assert_eq!(l.number_for(1), Ok(true), "it numbered the node's enrollment");
         assert!(l.acc.closed.is_empty());
         assert_eq!(l.acc.gaps[0].reason, crate::accounting::GapReason::NoAnswer);
+    }
+
+    #[test]
+    fn a_fresh_ledger_numbers_nothing_until_enrolled_again() {
+        // (ledger's epoch, the node's enrollment, answer, epoch after)
+        let cases = [
+            (None, 3, Err(Numbering::Fresh(3)), None),
+            (Some(3), 3, Ok(false), Some(3)),
+            (Some(2), 3, Ok(true), Some(3)),
+            (Some(0), 1, Ok(true), Some(1)),
+            (
+                Some(4),
+                3,
+                Err(Numbering::OlderEnrollment { enrolled: 3, ledger: 4 }),
+                Some(4),
+            ),
+        ];
+        for (had, enrolled, want, after) in cases {
+            let mut l = Ledger {
+                epoch: had,
+                ..Ledger::default()
+            };
+            assert_eq!(l.number_for(enrolled), want, "{had:?} for {enrolled}");
+            assert_eq!(l.epoch, after);
+        }
+        let mut l = Ledger::default();
+        l.enrolled(5);
+        assert_eq!(l.number_for(5), Ok(false));
+        let back: Ledger = serde_json::from_str(&serde_json::to_string(&Ledger::default()).unwrap()).unwrap();
+        assert_eq!(back.epoch, None, "a fresh ledger stays fresh through its file");
     }
 }

@@ -11,6 +11,6 @@ pub mod month;
 pub mod protocol;
 
 pub use accounting::{Accumulator, Gap, GapReason, MemberUsage, Period, Seen, UNASSIGNED};
-pub use ledger::Ledger;
+pub use ledger::{Ledger, Numbering};
 pub use month::Month;
 pub use protocol::{Ack, EnrollRequest, EnrollResponse, Envelope, NodeKey, Report, Resources, Token};

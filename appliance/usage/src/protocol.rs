@@ -110,6 +110,19 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// Longest member name or meeting id in a report, in bytes: ops refuses
+/// longer ones, so the node cuts them at the source.
+pub const MAX_NAME: usize = 256;
+
+/// `s` cut to at most [`MAX_NAME`] bytes, on a character boundary.
+pub fn clip_name(s: &str) -> &str {
+    let mut end = s.len().min(MAX_NAME);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A member's line in a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberLine {
@@ -511,5 +524,14 @@ mod tests {
         for (name, a, later, want) in cases {
             assert_eq!(a.can_merge(&later), want, "{name}");
         }
+    }
+
+    #[test]
+    fn names_are_clipped_on_character_boundaries() {
+        assert_eq!(clip_name("coop-a"), "coop-a");
+        let long = "é".repeat(200); // 400 bytes
+        let c = clip_name(&long);
+        assert!(c.len() <= MAX_NAME && c.len() >= MAX_NAME - 1);
+        assert!(long.starts_with(c));
     }
 }
