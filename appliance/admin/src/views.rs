@@ -570,11 +570,19 @@ pub fn enrollment(s: &Session, st: &Status, msg: Option<&str>) -> String {
                 "{} usage reports waiting to be sent; last acknowledged by ops: {last}.",
                 r.queued
             );
+            if let Some(e) = &r.refused {
+                t.push_str(&format!(
+                    " Global ops refuses the oldest report, which stays queued with the ones after it: {e}."
+                ));
+            }
             if let Some(e) = &r.send_error {
                 t.push_str(&format!(" Last delivery problem: {e}."));
             }
             if let Some(e) = &r.write_error {
                 t.push_str(&format!(" Reports cannot be written: {e}."));
+            }
+            if let Some(e) = &r.state_error {
+                t.push_str(&format!(" Usage is not being counted or reported: {e}."));
             }
             t
         }

@@ -186,9 +186,10 @@ pub(crate) fn render(st: &Status) -> String {
             o,
             "reports   {} waiting{}",
             r.queued,
-            r.send_error
+            r.refused
                 .as_ref()
-                .map(|e| format!(", last problem: {e}"))
+                .map(|e| format!(", refused by ops: {e}"))
+                .or_else(|| r.send_error.as_ref().map(|e| format!(", last problem: {e}")))
                 .unwrap_or_default()
         );
     }
