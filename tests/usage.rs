@@ -1460,7 +1460,8 @@ fn hostile_reports_are_refused_with_reasons_and_the_month_stays_readable() {
     assert_eq!(ops.usage_rows("2026-11"), want);
     assert!(want.contains("honest-node,coop-a,1,300,2100,7,300"), "{want}");
     assert!(want.contains("hostile-node,coop-a,1,300,900,3,300"), "{want}");
-    // Ops sees the refusals.
+    // Ops sees the refusals of the signed reports (the tampered one could
+    // come from anyone and does not count against the node).
     let nodes = ops.nodes_json();
     let hostile_row = nodes
         .as_array()
@@ -1468,17 +1469,18 @@ fn hostile_reports_are_refused_with_reasons_and_the_month_stays_readable() {
         .iter()
         .find(|n| n["name"] == "hostile-node")
         .unwrap();
-    assert_eq!(hostile_row["refusals"], cases.len() as u64);
+    let signed = cases.len() as u64 - 1;
+    assert_eq!(hostile_row["refusals"], signed);
     assert!(
-        hostile_row["last_refusal"].as_str().unwrap().contains("signature"),
+        hostile_row["last_refusal"]
+            .as_str()
+            .unwrap()
+            .contains("spans a month boundary"),
         "{hostile_row}"
     );
     let text = String::from_utf8(ops.cli(&["nodes"]).stdout).unwrap();
     assert!(
-        text.contains(&format!(
-            "refused: node hostile-node had {} report(s) refused",
-            cases.len()
-        )),
+        text.contains(&format!("refused: node hostile-node had {signed} report(s) refused")),
         "{text}"
     );
     assert!(!text.contains("refused: node honest-node"), "{text}");

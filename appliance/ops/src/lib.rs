@@ -206,11 +206,19 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The largest report body ops takes.
+pub const REPORT_BODY_LIMIT: usize = 32 << 20;
+
 pub fn router(state: OpsState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/enroll", post(enroll))
-        .route("/api/v1/reports", post(report))
+        .route(
+            "/api/v1/reports",
+            // A month of merged reports with every meeting and gap kept
+            // fits; axum's default (2 MiB) might not.
+            post(report).layer(axum::extract::DefaultBodyLimit::max(REPORT_BODY_LIMIT)),
+        )
         .with_state(state)
 }
 

@@ -54,7 +54,7 @@ pub enum Refusal {
         "report {seq} of enrollment {epoch} differs from the report {seq} stored before: refused, the stored one counts"
     )]
     Conflict { epoch: u64, seq: u64 },
-    #[error("its period {} to {} overlaps stored report {seq} of enrollment {epoch} ({} to {}): that time was counted already", utc(*from), utc(*to), utc(*stored_from), utc(*stored_to))]
+    #[error("its period {} to {} does not start after stored report {seq} of enrollment {epoch} ({} to {}): that time was counted already", utc(*from), utc(*to), utc(*stored_from), utc(*stored_to))]
     PeriodOverlap {
         from: i64,
         to: i64,
@@ -171,6 +171,7 @@ CREATE TABLE gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTE
 /// Indexes of version 1 (made after a migration too).
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS reports_node_period ON reports (node_id, period_from);
+CREATE INDEX IF NOT EXISTS reports_node_end ON reports (node_id, period_to);
 CREATE INDEX IF NOT EXISTS usage_node_period ON usage (node_id, period_from);
 CREATE INDEX IF NOT EXISTS meetings_node_period ON meetings (node_id, period_from);
 CREATE INDEX IF NOT EXISTS gaps_from ON gaps (gap_from);
@@ -213,6 +214,12 @@ fn reason_from(s: &str) -> GapReason {
         "not_polled" => GapReason::NotPolled,
         _ => GapReason::NoAnswer,
     }
+}
+
+/// Whether two reports bill the same: period, members, meetings and gaps
+/// (what a re-signed copy keeps; numbers, enrollment and signature differ).
+fn same_usage(a: &Report, b: &Report) -> bool {
+    a.from == b.from && a.to == b.to && a.usage == b.usage && a.meetings == b.meetings && a.gaps == b.gaps
 }
 
 /// A stored integer column as u64 (sums of validated rows fit; anything
@@ -347,13 +354,15 @@ impl Store {
     }
 
     /// Verifies, checks and stores a report exactly once. A refusal of a
-    /// report that names an enrolled node is counted against that node, so
-    /// `appliance-ops nodes` shows it.
+    /// report whose signature verified is counted against its node, so
+    /// `appliance-ops nodes` shows it (unsigned garbage naming a node id
+    /// cannot move that count).
     pub fn ingest(&mut self, env: &Envelope, now: i64, limits: Limits) -> Result<Ack, Refusal> {
         let claim = env.claim().map_err(|e| Refusal::Malformed(e.to_string()))?;
-        let res = self.ingest_claimed(env, &claim.node_id, claim.epoch, now, limits);
+        let mut signed = false;
+        let res = self.ingest_claimed(env, &claim.node_id, claim.epoch, now, limits, &mut signed);
         if let Err(r) = &res {
-            if !matches!(r, Refusal::Storage(_)) {
+            if signed && !matches!(r, Refusal::Storage(_)) {
                 let _ = self.db.execute(
                     "UPDATE nodes SET refusals = refusals + 1, last_refusal = ?2, last_refusal_at = ?3 WHERE id = ?1",
                     params![claim.node_id, r.to_string(), now],
@@ -370,6 +379,7 @@ impl Store {
         epoch: u64,
         now: i64,
         limits: Limits,
+        signed: &mut bool,
     ) -> Result<Ack, Refusal> {
         let tx = self.db.transaction()?;
         let node: Option<(String, i64)> = tx
@@ -380,15 +390,18 @@ impl Store {
             )
             .optional()?;
         let (current_key, revoked) = node.ok_or_else(|| Refusal::UnknownNode(node_id.to_string()))?;
-        if revoked != 0 {
-            return Err(Refusal::Revoked(node_id.to_string()));
-        }
-        let epoch_i = i64::try_from(epoch).map_err(|_| Refusal::UnknownEpoch {
+        // Reports in the form from before enrollments were numbered (0)
+        // belong to enrollment 1, where the migration put their kind, and
+        // are signed with the node's key.
+        let stored_epoch = epoch.max(1);
+        let epoch_i = i64::try_from(stored_epoch).map_err(|_| Refusal::UnknownEpoch {
             node: node_id.to_string(),
             epoch,
         })?;
-        let key: String = tx
-            .query_row(
+        let key: String = if epoch == 0 {
+            current_key.clone()
+        } else {
+            tx.query_row(
                 "SELECT public_key FROM epochs WHERE node_id = ?1 AND epoch = ?2",
                 params![node_id, epoch_i],
                 |r| r.get(0),
@@ -397,11 +410,19 @@ impl Store {
             .ok_or_else(|| Refusal::UnknownEpoch {
                 node: node_id.to_string(),
                 epoch,
-            })?;
+            })?
+        };
         let r: Report = env.open(&key).map_err(|e| match e {
-            appliance_usage::protocol::Error::BadReport(m) => Refusal::Malformed(m),
+            appliance_usage::protocol::Error::BadReport(m) => {
+                *signed = true;
+                Refusal::Malformed(m)
+            }
             _ => Refusal::BadSignature(node_id.to_string()),
         })?;
+        *signed = true;
+        if revoked != 0 {
+            return Err(Refusal::Revoked(node_id.to_string()));
+        }
         if key != current_key {
             return Err(Refusal::RetiredEpoch {
                 node: node_id.to_string(),
@@ -433,26 +454,48 @@ impl Store {
             Some(_) => return Err(Refusal::Overlap(r.seq_from, r.seq_to)),
             None => {}
         }
-        validate::check(&r, limits, now)?;
+        // A report the node re-signed for a later enrollment after ops had
+        // stored it (its acknowledgement lost): the same period with the
+        // same figures is the same report.
         if r.from < r.to {
-            let overlap: Option<(i64, i64, i64, i64)> = tx
+            let same: Option<String> = tx
                 .query_row(
-                    "SELECT epoch, seq_to, period_from, period_to FROM reports
-                     WHERE node_id = ?1 AND period_from < ?3 AND period_to > ?2 LIMIT 1",
+                    "SELECT body FROM reports WHERE node_id = ?1 AND period_from = ?2 AND period_to = ?3 LIMIT 1",
                     params![node_id, r.from, r.to],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                    |row| row.get(0),
                 )
                 .optional()?;
-            if let Some((e, s, f, t)) = overlap {
-                return Err(Refusal::PeriodOverlap {
-                    from: r.from,
-                    to: r.to,
-                    epoch: e as u64,
-                    seq: s as u64,
-                    stored_from: f,
-                    stored_to: t,
-                });
+            if let Some(body) = same {
+                if serde_json::from_str::<Report>(&body).is_ok_and(|s| same_usage(&s, &r)) {
+                    return Ok(Ack {
+                        acked: r.seq_to,
+                        duplicate: true,
+                    });
+                }
             }
+        }
+        validate::check(&r, limits, now)?;
+        // A node's time only moves forward: a report may not start before
+        // the end of a period already stored for it (in any enrollment).
+        // Empty, zero-length reports count nothing and anchor nothing.
+        let latest: Option<(i64, i64, i64, i64)> = tx
+            .query_row(
+                "SELECT epoch, seq_to, period_from, period_to FROM reports INDEXED BY reports_node_end
+                 WHERE node_id = ?1 AND period_to > ?2 AND period_from < period_to
+                 ORDER BY period_to DESC LIMIT 1",
+                params![node_id, r.from],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        if let Some((e, s, f, t)) = latest {
+            return Err(Refusal::PeriodOverlap {
+                from: r.from,
+                to: r.to,
+                epoch: e as u64,
+                seq: s as u64,
+                stored_from: f,
+                stored_to: t,
+            });
         }
         // Validated figures are at most a month of seconds times the
         // participant cap: they fit in SQLite's i64.
@@ -877,19 +920,95 @@ mod tests {
             s.ingest(&again, start + 600, LIMITS),
             Err(Refusal::PeriodOverlap { epoch: 1, seq: 1, .. })
         ));
-        // Zero-length reports overlap nothing.
-        let mut beat = report(&id, 2, start + 100, 0, "m1");
-        beat.to = beat.from;
-        beat.usage.clear();
-        beat.meetings.clear();
-        assert!(s.ingest(&k.seal(&beat), start + 600, LIMITS).is_ok());
-        assert_eq!(s.report_count().unwrap(), 2);
+        // An empty report at the end of what is stored is fine; one inside
+        // it (a peak for time already billed) is not.
+        let beat = |at: i64| {
+            let mut b = report(&id, 2, at, 0, "m1");
+            b.to = b.from;
+            b.usage[0].usage = MemberUsage {
+                peak_participants: 9,
+                ..MemberUsage::default()
+            };
+            b.meetings.clear();
+            b
+        };
+        assert!(matches!(
+            s.ingest(&k.seal(&beat(start + 100)), start + 600, LIMITS),
+            Err(Refusal::PeriodOverlap { .. })
+        ));
+        assert!(s.ingest(&k.seal(&beat(start + 300)), start + 600, LIMITS).is_ok());
+        // Empty reports anchor nothing: the next period may start at one.
+        let r3 = report(&id, 3, start + 300, 300, "m1");
+        assert!(s.ingest(&k.seal(&r3), start + 600, LIMITS).is_ok());
+        assert_eq!(s.report_count().unwrap(), 3);
         let n = &s.nodes().unwrap()[0];
-        assert_eq!(n.refusals, 3);
+        assert_eq!(n.refusals, 4);
         assert!(
-            n.last_refusal.as_deref().unwrap().contains("overlaps stored report 1"),
+            n.last_refusal
+                .as_deref()
+                .unwrap()
+                .contains("does not start after stored report 1"),
             "{n:?}"
         );
+        // Unsigned garbage naming the node does not count against it.
+        let mut forged = k.seal(&report(&id, 9, start + 900, 300, "m1"));
+        forged.signature = "AAAA".into();
+        assert_eq!(
+            s.ingest(&forged, start + 1200, LIMITS),
+            Err(Refusal::BadSignature(id.clone()))
+        );
+        assert_eq!(s.nodes().unwrap()[0].refusals, 4);
+    }
+
+    #[test]
+    fn a_report_re_signed_for_a_new_enrollment_is_the_same_report() {
+        // The node stored report 5 at ops but never heard so; it enrolled
+        // again (new key) and re-signed its queue for enrollment 2.
+        let old = key();
+        let (_d, mut s, id) = with_node("ams-1", &old);
+        let start = nov().start();
+        let r = report(&id, 5, start, 600, "m");
+        s.ingest(&old.seal(&r), start + 300, LIMITS).unwrap();
+        let new = key();
+        enroll_more(&mut s, "ams-1", &new);
+        let mut again = r.clone();
+        again.epoch = 2;
+        again.health = "later".into();
+        assert_eq!(
+            s.ingest(&new.seal(&again), start + 600, LIMITS),
+            Ok(Ack {
+                acked: 5,
+                duplicate: true
+            })
+        );
+        // Other figures for that period are not.
+        again.usage[0].usage.participant_seconds = 900;
+        assert!(matches!(
+            s.ingest(&new.seal(&again), start + 600, LIMITS),
+            Err(Refusal::PeriodOverlap { .. })
+        ));
+        assert_eq!(s.report_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn reports_of_the_first_release_still_count() {
+        // Queued on a node before it was upgraded: no enrollment number, a
+        // period across the 1st (billed to the month it starts in, as then).
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let b = nov().start();
+        let mut r = report(&id, 3, b - 120, 600, "m");
+        r.to = b + 180;
+        let mut v = serde_json::to_value(&r).unwrap();
+        v.as_object_mut().unwrap().remove("epoch");
+        let env = k.seal_text(v.to_string());
+        assert!(!s.ingest(&env, b + 600, LIMITS).unwrap().duplicate);
+        assert!(s.ingest(&env, b + 600, LIMITS).unwrap().duplicate);
+        let oct = s.usage(Month::parse("2026-10").unwrap()).unwrap().rows;
+        assert_eq!(oct[0].participant_seconds, 600);
+        // New reports of enrollment 1 go on after it.
+        let next = report(&id, 4, b + 180, 300, "m");
+        assert!(s.ingest(&k.seal(&next), b + 600, LIMITS).is_ok());
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum Implausible {
     NameTooLong(usize),
     #[error("meeting {id:?} claims {seconds} s in a period of {period} s")]
     MeetingLongerThanPeriod { id: String, seconds: u64, period: u64 },
+    #[error("meeting {0:?} claims no time at all (a meeting is listed only for the time it ran)")]
+    MeetingWithoutTime(String),
     #[error("member {member:?} claims {claimed} meeting-seconds but its meetings add up to {sum}")]
     MeetingSecondsMismatch { member: String, claimed: u64, sum: u64 },
     #[error("member {member:?} claims {seconds} participant-seconds; {cap} participants over {period} s allow {limit}")]
@@ -73,6 +75,8 @@ pub enum Implausible {
 }
 
 /// Checks a report (already authenticated) against the limits at `now`.
+/// A report in the form from before months (enrollment 0) may span a
+/// month boundary; it is billed to the month it starts in, as then.
 pub fn check(r: &Report, limits: Limits, now: i64) -> Result<(), Implausible> {
     if r.to > now.saturating_add(limits.clock_skew) {
         return Err(Implausible::FutureDated {
@@ -81,7 +85,9 @@ pub fn check(r: &Report, limits: Limits, now: i64) -> Result<(), Implausible> {
             skew: limits.clock_skew,
         });
     }
-    if !appliance_usage::month::within_one_month(r.from, r.to) {
+    let legacy = r.epoch == 0;
+    let spans_ok = legacy && r.from <= r.to;
+    if !spans_ok && !appliance_usage::month::within_one_month(r.from, r.to) {
         return Err(Implausible::SpansMonths { from: r.from, to: r.to });
     }
     // Within one month, so this fits easily.
@@ -101,6 +107,9 @@ pub fn check(r: &Report, limits: Limits, now: i64) -> Result<(), Implausible> {
                 member: m.member.clone(),
             });
         }
+        if m.seconds == 0 {
+            return Err(Implausible::MeetingWithoutTime(m.id.clone()));
+        }
         if m.seconds > period {
             return Err(Implausible::MeetingLongerThanPeriod {
                 id: m.id.clone(),
@@ -108,8 +117,9 @@ pub fn check(r: &Report, limits: Limits, now: i64) -> Result<(), Implausible> {
                 period,
             });
         }
-        // Each term is at most a month's seconds: no overflow.
-        *sums.entry(m.member.as_str()).or_default() += m.seconds;
+        // Each term is at most the period's seconds: no overflow.
+        let sum = sums.entry(m.member.as_str()).or_default();
+        *sum = sum.saturating_add(m.seconds);
     }
 
     let mut members = BTreeSet::new();
@@ -298,6 +308,17 @@ mod tests {
                     })
                 }),
                 "gap 2026-11-01 00:04:50 UTC to 2026-11-01 00:05:10 UTC lies outside the report's period",
+            ),
+            (
+                "a meeting without time",
+                Box::new(|r| {
+                    r.meetings.push(MeetingLine {
+                        id: "ghost".into(),
+                        member: "a".into(),
+                        seconds: 0,
+                    })
+                }),
+                "meeting \"ghost\" claims no time at all (a meeting is listed only for the time it ran)",
             ),
             (
                 "a name of 300 bytes",

@@ -79,22 +79,33 @@ pub fn load_key(state: &Path) -> Result<Option<NodeKey>, String> {
 
 /// The identity key for an enrollment: the existing one (re-enrolling the
 /// same box keeps its key, so its queued reports stay deliverable), or a
-/// new one (0600).
-fn key_for_enrollment(state: &Path) -> Result<NodeKey, EnrollError> {
+/// new one, returned with its PKCS#8 bytes to be saved (0600) only once ops
+/// has accepted it: a key ops never saw must not sign reports.
+fn key_for_enrollment(state: &Path) -> Result<(NodeKey, Option<Vec<u8>>), EnrollError> {
     let path = key_path(state);
     let err = |reason: String| EnrollError::Key {
         path: path.clone(),
         reason,
     };
     if let Some(k) = load_key(state).map_err(err)? {
-        return Ok(k);
+        return Ok((k, None));
     }
+    let b = NodeKey::generate().map_err(|e| err(e.to_string()))?;
+    let k = NodeKey::from_pkcs8(&b).map_err(|e| err(e.to_string()))?;
+    Ok((k, Some(b)))
+}
+
+fn save_key(state: &Path, pkcs8: &[u8]) -> Result<(), EnrollError> {
+    let path = key_path(state);
+    let err = |reason: String| EnrollError::Key {
+        path: path.clone(),
+        reason: format!("enrolled, but the key cannot be saved ({reason}): enroll again"),
+    };
     let dir = path.parent().expect("has a parent");
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let b = NodeKey::generate().map_err(|e| err(e.to_string()))?;
-    write_durable(&path, &b).map_err(|e| err(e.to_string()))?;
+    write_durable(&path, pkcs8).map_err(|e| err(e.to_string()))?;
     log::info!("made this node's identity key {}", path.display());
-    NodeKey::from_pkcs8(&b).map_err(|e| err(e.to_string()))
+    Ok(())
 }
 
 /// `enrollment.json`, if the node is enrolled. A file that exists but
@@ -153,7 +164,7 @@ pub async fn exchange(
     ops: &str,
     me: &NodeFacts,
 ) -> Result<(Enrollment, NodeKey), EnrollError> {
-    let key = key_for_enrollment(state)?;
+    let (key, new_key) = key_for_enrollment(state)?;
     let client = ops_client(&token.fp).map_err(|chain| EnrollError::Unreachable {
         ops: ops.to_string(),
         chain,
@@ -198,6 +209,9 @@ pub async fn exchange(
         return Err(EnrollError::Refused(msg));
     }
     let r: EnrollResponse = serde_json::from_slice(&body).map_err(|e| EnrollError::Nonsense(e.to_string()))?;
+    if let Some(pkcs8) = new_key {
+        save_key(state, &pkcs8)?;
+    }
     let enr = Enrollment {
         ops: ops.to_string(),
         fingerprint: token.fp.clone(),

@@ -145,9 +145,40 @@ impl Outbox {
         sync_dir(&self.dir)
     }
 
-    /// A crash between writing a merged report and deleting the ones it
-    /// replaced leaves both: the ones inside a merged range go.
-    fn drop_contained(&self) -> std::io::Result<()> {
+    /// Re-signs queued reports of another enrollment (or node id) as
+    /// reports of this one, keeping their numbers: after the node enrolled
+    /// again (a new key, another ops), reports of the old enrollment would
+    /// be refused for good and hold up the queue. Ops takes a re-signed
+    /// report it already has (same period, same figures) as a duplicate.
+    /// Reports in the form from before enrollments were numbered (0) keep
+    /// that form. Returns how many were re-signed.
+    pub fn reseal(&self, key: &NodeKey, node_id: &str, epoch: u64) -> std::io::Result<usize> {
+        let mut n = 0;
+        for e in self.list() {
+            let Ok(mut r) = serde_json::from_str::<Report>(&e.envelope.report) else {
+                continue;
+            };
+            let stale = r.node_id != node_id || (r.epoch != 0 && r.epoch != epoch);
+            // The signature is checked too: a key that changed makes every
+            // queued report stale.
+            if !stale && e.envelope.open(&key.public_key()).is_ok() {
+                continue;
+            }
+            r.node_id = node_id.to_string();
+            if r.epoch != 0 {
+                r.epoch = epoch;
+            }
+            let data = serde_json::to_vec(&key.seal(&r)).map_err(std::io::Error::other)?;
+            write_durable(&e.path, &data)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A crash (or a failed delete) between writing a merged report and
+    /// deleting the ones it replaced leaves both: the ones inside a merged
+    /// range go.
+    pub fn drop_contained(&self) -> std::io::Result<()> {
         let all = self.list();
         for e in &all {
             if all.iter().any(|o| {
@@ -315,5 +346,29 @@ mod tests {
         assert_eq!((all[1].from, all[1].to), (b - 1500, b));
         assert_eq!((all[2].from, all[2].to), (b, b + 1800));
         assert_eq!(all[2].usage[0].usage.meeting_seconds, 6 * 300);
+    }
+
+    #[test]
+    fn queued_reports_follow_a_new_enrollment() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Outbox::open(d.path()).unwrap();
+        let old = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        let new = NodeKey::from_pkcs8(&NodeKey::generate().unwrap()).unwrap();
+        o.put(&old.seal(&report(1)), 1).unwrap();
+        o.put(&old.seal(&Report { epoch: 0, ..report(2) }), 2).unwrap();
+        assert_eq!(o.reseal(&old, "n", 1).unwrap(), 0, "nothing to do");
+        assert_eq!(o.reseal(&new, "n", 2).unwrap(), 2);
+        let all: Vec<Report> = o
+            .list()
+            .iter()
+            .map(|e| e.envelope.open(&new.public_key()).unwrap())
+            .collect();
+        assert_eq!(
+            all.iter().map(|r| (r.seq_to, r.epoch)).collect::<Vec<_>>(),
+            [(1, 2), (2, 0)],
+            "numbers kept; the old form stays the old form"
+        );
+        assert_eq!(all[0].usage, report(1).usage);
+        assert_eq!(o.reseal(&new, "n", 2).unwrap(), 0, "once");
     }
 }

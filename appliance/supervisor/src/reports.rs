@@ -25,6 +25,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use appliance_services::checks::error_chain;
@@ -128,6 +129,8 @@ enum Msg {
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
     state: watch::Receiver<ReportsState>,
+    /// A poll was dropped since the task last looked.
+    dropped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -138,10 +141,12 @@ impl std::fmt::Debug for Handle {
 
 impl Handle {
     /// Hands a poll to the accounting. Never waits: if the task is far
-    /// behind, the poll is dropped, which the accounting treats as a
-    /// longer interval (a gap past `max_gap`), never as invented usage.
+    /// behind, the poll is dropped and the task told so; it charges the
+    /// interval around a dropped poll to nobody (a gap), never as usage it
+    /// did not see.
     pub fn poll(&self, p: Poll) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Msg::Poll(p)) {
+            self.dropped.store(true, Ordering::SeqCst);
             log::warn!("usage accounting is behind: a BBB poll was dropped");
         }
     }
@@ -214,8 +219,11 @@ impl std::fmt::Debug for Task {
 pub fn task(state_dir: &Path, firmware: &str, settings: Settings, clock: Arc<dyn Clock>) -> (Handle, Task) {
     let (tx, rx) = mpsc::channel(1024);
     let (publish, state) = watch::channel(ReportsState::default());
+    let dropped = Arc::new(AtomicBool::new(false));
     let now = clock.now();
     let owner = Owner {
+        dropped: dropped.clone(),
+        sendable_below: 0,
         state_dir: state_dir.to_path_buf(),
         usage_dir: state_dir.join("usage"),
         firmware: firmware.to_string(),
@@ -239,7 +247,7 @@ pub fn task(state_dir: &Path, firmware: &str, settings: Settings, clock: Arc<dyn
         out: ReportsState::default(),
         publish,
     };
-    (Handle { tx, state }, Task { owner, rx })
+    (Handle { tx, state, dropped }, Task { owner, rx })
 }
 
 impl Task {
@@ -280,6 +288,12 @@ struct Books {
 }
 
 struct Owner {
+    /// Set by the handle when a poll could not be queued.
+    dropped: Arc<AtomicBool>,
+    /// The next number in the ledger on disk: only reports below it are
+    /// sent (one acknowledged and deleted while a newer ledger was not yet
+    /// on disk would be made again after a crash, differently).
+    sendable_below: u64,
     state_dir: PathBuf,
     usage_dir: PathBuf,
     firmware: String,
@@ -332,6 +346,7 @@ fn open_books(dir: &Path) -> Result<Books, String> {
         })?,
         None => Ledger::default(),
     };
+    ledger.upgrade();
     if let Some(max) = outbox.max_seq() {
         let n = ledger.recover(max);
         if n > 0 {
@@ -387,8 +402,10 @@ impl Owner {
                     log::info!("usage accounting state can be read again");
                 }
                 self.out.queued = b.outbox.len() as u64;
+                self.sendable_below = b.ledger.next_seq;
                 self.books = Some(b);
                 self.on_disk = true;
+                self.reseal();
             }
             Err(e) => {
                 if self.ledger_error.as_deref() != Some(e.as_str()) {
@@ -405,6 +422,9 @@ impl Owner {
             Msg::Poll(p) => {
                 let Some(b) = self.books.as_mut() else { return };
                 let max_gap = self.settings.max_gap.as_secs() as i64;
+                if self.dropped.swap(false, Ordering::SeqCst) {
+                    b.ledger.acc.failed();
+                }
                 match p {
                     Poll::Ok { at, seen } => b.ledger.acc.observe(at, seen, max_gap),
                     Poll::Failed => b.ledger.acc.failed(),
@@ -443,9 +463,26 @@ impl Owner {
                     self.out.refused = None;
                     self.out.send_error = None;
                     self.identity_error = None;
+                    self.reseal();
                 }
                 let _ = reply.send(saved);
             }
+        }
+    }
+
+    /// Queued reports follow the current enrollment (see [`Outbox::reseal`]).
+    fn reseal(&mut self) {
+        let (Some(b), Some(enr), Some(key)) = (self.books.as_ref(), self.enrollment.as_ref(), self.key.as_ref()) else {
+            return;
+        };
+        match blocking(|| b.outbox.reseal(key, &enr.node_id, enr.epoch)) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "{n} queued report(s) re-signed as reports of enrollment {} of node {}",
+                enr.epoch,
+                enr.node_id
+            ),
+            Err(e) => self.disk_error(format!("re-signing queued reports: {e}")),
         }
     }
 
@@ -453,9 +490,11 @@ impl Owner {
         let Some(b) = &self.books else { return };
         let path = self.usage_dir.join(LEDGER_FILE);
         let data = serde_json::to_vec(&b.ledger).unwrap_or_default();
+        let next = b.ledger.next_seq;
         match blocking(|| write_durable(&path, &data)) {
             Ok(()) => {
                 self.on_disk = true;
+                self.sendable_below = next;
                 if self.out.write_error.take().is_some() {
                     log::info!("usage state can be written again");
                 }
@@ -528,7 +567,7 @@ impl Owner {
             let seq = b.ledger.next_seq;
             let report = Report::from_period(
                 &enr.node_id,
-                enr.epoch,
+                if period.legacy { 0 } else { enr.epoch },
                 seq,
                 &self.firmware,
                 &period,
@@ -553,7 +592,13 @@ impl Owner {
         if wrote {
             if let (Some(b), Some(key)) = (self.books.as_ref(), self.key.as_ref()) {
                 let max = self.settings.max_reports;
-                let merged = blocking(|| b.outbox.bound(max, key));
+                let merged = blocking(|| {
+                    b.outbox.bound(max, key).inspect_err(|_| {
+                        // A merge half done leaves a report inside another's
+                        // range; sending both would be refused for good.
+                        let _ = b.outbox.drop_contained();
+                    })
+                });
                 self.out.queued = blocking(|| b.outbox.len()) as u64;
                 if let Err(e) = merged {
                     self.disk_error(format!("merging old reports: {e}"));
@@ -569,7 +614,7 @@ impl Owner {
         if self.clock.now() < self.next_attempt {
             return None;
         }
-        let next = b.ledger.next_seq;
+        let next = self.sendable_below;
         let head = blocking(|| b.outbox.head_below(next))?;
         if self.client.as_ref().is_none_or(|(fp, _)| *fp != enr.fingerprint) {
             match enrollment::ops_client(&enr.fingerprint) {
@@ -592,10 +637,12 @@ impl Owner {
         match sent {
             Sent::Acked => {
                 if let Some(b) = &self.books {
-                    if let Err(err) = blocking(|| b.outbox.remove(head)) {
-                        log::error!("report {} acknowledged but not removed: {err}", head.seq_to);
+                    match blocking(|| b.outbox.remove(head)) {
+                        // Counting the directory again per report would make
+                        // a long queue's drain quadratic.
+                        Ok(()) => self.out.queued = self.out.queued.saturating_sub(1),
+                        Err(err) => log::error!("report {} acknowledged but not removed: {err}", head.seq_to),
                     }
-                    self.out.queued = blocking(|| b.outbox.len()) as u64;
                 }
                 if self.out.send_error.take().is_some() || self.out.refused.take().is_some() {
                     log::info!("ops takes reports again");
@@ -894,9 +941,22 @@ mod tests {
         assert_eq!((r[1].from, r[1].to, r[1].seq_to), (b, b + 90, 2));
         assert_eq!(r[1].usage[0].usage.participant_seconds, 30 * 2 + 60 * 3);
         assert_eq!(o.out.queued, 2);
+        // A poll the task never saw (dropped while it was behind) makes the
+        // interval around it a gap, not usage.
+        o.dropped.store(true, Ordering::SeqCst);
+        *clock.offset.lock().unwrap() = Duration::from_secs(600);
+        o.handle(Msg::Poll(Poll::Ok {
+            at: b + 150,
+            seen: seen(3),
+        }));
+        o.step();
+        let r = reports(d.path(), &key);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[2].usage[0].usage.participant_seconds, 0);
+        assert_eq!((r[2].gaps[0].from, r[2].gaps[0].to), (b + 90, b + 150));
         // The ledger on disk moved on with them.
         let l: Ledger = serde_json::from_slice(&std::fs::read(d.path().join("usage/usage.json")).unwrap()).unwrap();
-        assert_eq!((l.next_seq, l.epoch), (3, Some(2)));
+        assert_eq!((l.next_seq, l.epoch), (4, Some(2)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -111,7 +111,8 @@ pub struct Accumulator {
     pub closed: Vec<Period>,
 }
 
-/// A closed period, ready to report: `[from, to)`, within one month.
+/// A closed period, ready to report: `[from, to)`, within one month,
+/// unless it is `legacy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Period {
     pub from: i64,
@@ -119,6 +120,11 @@ pub struct Period {
     pub members: BTreeMap<String, MemberUsage>,
     pub meetings: BTreeMap<String, MeetingSeconds>,
     pub gaps: Vec<Gap>,
+    /// Counted by a release from before months, and spanning a month
+    /// boundary: where in it each second fell is not known. Reported in the
+    /// old form (enrollment 0), which ops bills to the month it starts in.
+    #[serde(default)]
+    pub legacy: bool,
 }
 
 impl Accumulator {
@@ -152,16 +158,21 @@ impl Accumulator {
         } else {
             None
         };
-        // Cut the interval at every month boundary in it.
-        let mut t = prev_at;
+        // Cut the interval at every month boundary in it. (Never before
+        // `prev_at`: an open period that began months before its last poll,
+        // as a file from before months may hold, is closed, not charged again.)
         loop {
-            let end = month_end(self.period_from.unwrap_or(t));
-            self.account(t, at.min(end), gap, &prev);
+            let end = month_end(self.period_from.unwrap_or(prev_at));
+            self.account(
+                prev_at.max(self.period_from.unwrap_or(prev_at)),
+                at.min(end),
+                gap,
+                &prev,
+            );
             if at < end {
                 break;
             }
             self.close_month(end);
-            t = end;
         }
         self.failed_since_last = false;
         self.last = Some((at, seen));
@@ -180,7 +191,7 @@ impl Accumulator {
             return;
         }
         match gap {
-            Some(reason) => self.gaps.push(Gap { from, to, reason }),
+            Some(reason) => push_gap(&mut self.gaps, Gap { from, to, reason }),
             None => self.charge(seen, (to - from) as u64),
         }
     }
@@ -227,6 +238,7 @@ impl Accumulator {
                 members: std::mem::take(&mut self.members),
                 meetings: std::mem::take(&mut self.meetings),
                 gaps: std::mem::take(&mut self.gaps),
+                legacy: false,
             });
         }
         self.period_from = Some(end);
@@ -261,9 +273,36 @@ impl Accumulator {
             members: std::mem::take(&mut self.members),
             meetings: std::mem::take(&mut self.meetings),
             gaps: std::mem::take(&mut self.gaps),
+            legacy: false,
         };
         self.period_from = Some(to);
         Some(p)
+    }
+
+    /// An accumulator written by a release from before months may hold an
+    /// open period that spans a month boundary: it is closed at its last
+    /// poll as a legacy period (see [`Period::legacy`]), so everything
+    /// after follows the month rule. Idempotent.
+    pub fn close_legacy_span(&mut self) {
+        let (Some(from), Some((last, _))) = (self.period_from, self.last.as_ref()) else {
+            return;
+        };
+        let last = *last;
+        if last >= month_end(from) {
+            if let Some(mut p) = self.close() {
+                p.legacy = true;
+                self.closed.push(p);
+            }
+        }
+    }
+}
+
+/// Adds a gap, joining it to the last one when it continues it for the same
+/// reason (a BBB that flaps for a month is a few gaps, not thousands).
+pub fn push_gap(gaps: &mut Vec<Gap>, g: Gap) {
+    match gaps.last_mut() {
+        Some(last) if last.to == g.from && last.reason == g.reason => last.to = g.to,
+        _ => gaps.push(g),
     }
 }
 
@@ -666,5 +705,105 @@ mod tests {
             e.1 += ps;
         }
         assert_eq!(got, by_hand);
+    }
+
+    #[test]
+    fn an_old_open_period_across_months_is_closed_not_charged_again() {
+        // A file from before months: the open period began in October, its
+        // last poll is on 2 November (nothing cut it).
+        let nov = at("2026-11");
+        let mut a = Accumulator {
+            period_from: Some(nov - 3600),
+            last: Some((nov + 86_400, vec![s("m", "a", 2)])),
+            members: [(
+                "a".to_string(),
+                MemberUsage {
+                    meeting_seconds: 90_000,
+                    participant_seconds: 180_000,
+                    peak_participants: 2,
+                },
+            )]
+            .into(),
+            meetings: [(
+                "m".to_string(),
+                MeetingSeconds {
+                    member: "a".into(),
+                    seconds: 90_000,
+                },
+            )]
+            .into(),
+            ..Accumulator::default()
+        };
+        a.close_legacy_span();
+        a.close_legacy_span();
+        assert_eq!(a.closed.len(), 1);
+        let old = &a.closed[0];
+        assert!(old.legacy);
+        assert_eq!((old.from, old.to), (nov - 3600, nov + 86_400));
+        assert_eq!(old.members["a"].participant_seconds, 180_000);
+        // The next poll charges its own 30 s, nothing more.
+        a.observe(nov + 86_430, vec![], 120);
+        let p = a.close().unwrap();
+        assert_eq!((p.from, p.to, p.legacy), (nov + 86_400, nov + 86_430, false));
+        assert_eq!(p.members["a"].participant_seconds, 60);
+        // Without the closing, a poll still never charges before its
+        // previous poll.
+        let mut b = Accumulator {
+            period_from: Some(nov - 3600),
+            last: Some((nov + 86_400, vec![s("m", "a", 2)])),
+            ..Accumulator::default()
+        };
+        b.observe(nov + 86_430, vec![], 120);
+        let open = b.close();
+        let total: u64 = b
+            .closed
+            .iter()
+            .chain(open.iter())
+            .filter_map(|p| p.members.get("a"))
+            .map(|m| m.participant_seconds)
+            .sum();
+        assert_eq!(total, 60);
+    }
+
+    #[test]
+    fn gaps_that_continue_each_other_are_one() {
+        let mut g = vec![];
+        let na = GapReason::NoAnswer;
+        push_gap(
+            &mut g,
+            Gap {
+                from: 0,
+                to: 30,
+                reason: na,
+            },
+        );
+        push_gap(
+            &mut g,
+            Gap {
+                from: 30,
+                to: 60,
+                reason: na,
+            },
+        );
+        push_gap(
+            &mut g,
+            Gap {
+                from: 60,
+                to: 90,
+                reason: GapReason::NotPolled,
+            },
+        );
+        push_gap(
+            &mut g,
+            Gap {
+                from: 120,
+                to: 150,
+                reason: GapReason::NotPolled,
+            },
+        );
+        assert_eq!(
+            g.iter().map(|x| (x.from, x.to)).collect::<Vec<_>>(),
+            [(0, 60), (60, 90), (120, 150)]
+        );
     }
 }

@@ -88,6 +88,7 @@ impl Ledger {
             members: Default::default(),
             meetings: Default::default(),
             gaps: Default::default(),
+            legacy: false,
         }))
     }
 
@@ -100,6 +101,15 @@ impl Ledger {
             self.acc.closed.remove(0);
         }
         self.next_seq += 1;
+    }
+
+    /// Brings a ledger written by an earlier release up to date: an open
+    /// period that spans months becomes a legacy period (see
+    /// [`crate::Period::legacy`]). Idempotent.
+    pub fn upgrade(&mut self) {
+        if self.epoch == before_epochs() {
+            self.acc.close_legacy_span();
+        }
     }
 
     /// The node enrolled (again) as enrollment `epoch`: numbering goes on

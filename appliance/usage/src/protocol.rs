@@ -159,6 +159,10 @@ pub struct Resources {
 pub struct Report {
     pub node_id: String,
     /// The enrollment the report belongs to (see [`EnrollResponse::epoch`]).
+    /// 0: a report in the form of the release before enrollments were
+    /// numbered (queued then, or a legacy period); ops takes it as
+    /// enrollment 1's, billed to the month it starts in.
+    #[serde(default)]
     pub epoch: u64,
     pub seq_from: u64,
     pub seq_to: u64,
@@ -261,7 +265,9 @@ impl Report {
                 None => self.meetings.push(m.clone()),
             }
         }
-        self.gaps.extend(later.gaps.iter().copied());
+        for g in &later.gaps {
+            crate::accounting::push_gap(&mut self.gaps, *g);
+        }
         let r = &mut self.resources;
         let l = &later.resources;
         r.cpu_avg = match (r.cpu_avg, l.cpu_avg) {
@@ -306,6 +312,7 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Claim {
     pub node_id: String,
+    #[serde(default)]
     pub epoch: u64,
 }
 
@@ -346,7 +353,11 @@ impl NodeKey {
     }
 
     pub fn seal(&self, report: &Report) -> Envelope {
-        let text = serde_json::to_string(report).expect("a report serialises");
+        self.seal_text(serde_json::to_string(report).expect("a report serialises"))
+    }
+
+    /// Signs a report's JSON text exactly as given.
+    pub fn seal_text(&self, text: String) -> Envelope {
         let sig = self.pair.sign(text.as_bytes());
         Envelope {
             report: text,
@@ -533,5 +544,25 @@ mod tests {
         let c = clip_name(&long);
         assert!(c.len() <= MAX_NAME && c.len() >= MAX_NAME - 1);
         assert!(long.starts_with(c));
+    }
+
+    #[test]
+    fn reports_from_before_enrollments_were_numbered_are_enrollment_0() {
+        let mut v = serde_json::to_value(report(3)).unwrap();
+        v.as_object_mut().unwrap().remove("epoch");
+        let text = v.to_string();
+        let r: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.epoch, 0);
+        let env = Envelope {
+            report: text,
+            signature: String::new(),
+        };
+        assert_eq!(
+            env.claim().unwrap(),
+            Claim {
+                node_id: "n1".into(),
+                epoch: 0
+            }
+        );
     }
 }
