@@ -147,6 +147,16 @@ pub fn month_range(month: &str) -> Option<(i64, i64)> {
     (1970..=9999).contains(&m.year).then(|| (m.start(), m.end()))
 }
 
+/// The statements of `ingest`, prepared once per connection.
+const SQL_EPOCH_KEY: &str = "SELECT public_key FROM epochs WHERE node_id = ?1 AND epoch = ?2";
+const SQL_STORED_BY_SEQ: &str = "SELECT seq_from, seq_to, body FROM reports WHERE node_id = ?1 AND epoch = ?2 AND seq_from <= ?4 AND seq_to >= ?3 LIMIT 1";
+const SQL_SAME_PERIOD: &str = "SELECT body FROM reports INDEXED BY reports_node_end WHERE node_id = ?1 AND period_to = ?3 AND period_from = ?2 LIMIT 1";
+const SQL_INSERT_USAGE: &str =
+    "INSERT INTO usage (node_id, epoch, seq_to, member, period_from, meeting_seconds, participant_seconds, peak)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const SQL_NODE_REPORTED: &str = "UPDATE nodes SET last_report = ?2, health = ?3, version = ?4 WHERE id = ?1";
+const SQL_NODE_KEY: &str = "SELECT public_key, revoked FROM nodes WHERE id = ?1";
+
 const SCHEMA_VERSION: i64 = 1;
 
 /// The schema of version 1, for a new database.
@@ -170,7 +180,6 @@ CREATE TABLE gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTE
 
 /// Indexes of version 1 (made after a migration too).
 const INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS reports_node_period ON reports (node_id, period_from);
 CREATE INDEX IF NOT EXISTS reports_node_end ON reports (node_id, period_to);
 CREATE INDEX IF NOT EXISTS usage_node_period ON usage (node_id, period_from);
 CREATE INDEX IF NOT EXISTS meetings_node_period ON meetings (node_id, period_from);
@@ -383,11 +392,8 @@ impl Store {
     ) -> Result<Ack, Refusal> {
         let tx = self.db.transaction()?;
         let node: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT public_key, revoked FROM nodes WHERE id = ?1",
-                params![node_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached(SQL_NODE_KEY)?
+            .query_row(params![node_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (current_key, revoked) = node.ok_or_else(|| Refusal::UnknownNode(node_id.to_string()))?;
         // Reports in the form from before enrollments were numbered (0)
@@ -401,16 +407,13 @@ impl Store {
         let key: String = if epoch == 0 {
             current_key.clone()
         } else {
-            tx.query_row(
-                "SELECT public_key FROM epochs WHERE node_id = ?1 AND epoch = ?2",
-                params![node_id, epoch_i],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| Refusal::UnknownEpoch {
-                node: node_id.to_string(),
-                epoch,
-            })?
+            tx.prepare_cached(SQL_EPOCH_KEY)?
+                .query_row(params![node_id, epoch_i], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Refusal::UnknownEpoch {
+                    node: node_id.to_string(),
+                    epoch,
+                })?
         };
         let r: Report = env.open(&key).map_err(|e| match e {
             appliance_usage::protocol::Error::BadReport(m) => {
@@ -434,11 +437,10 @@ impl Store {
             _ => return Err(Refusal::Malformed("sequence number out of range".into())),
         };
         let stored: Option<(i64, i64, String)> = tx
-            .query_row(
-                "SELECT seq_from, seq_to, body FROM reports WHERE node_id = ?1 AND epoch = ?2 AND seq_from <= ?4 AND seq_to >= ?3 LIMIT 1",
-                params![node_id, epoch_i, seq_from, seq_to],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
+            .prepare_cached(SQL_STORED_BY_SEQ)?
+            .query_row(params![node_id, epoch_i, seq_from, seq_to], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
             .optional()?;
         match stored {
             Some((f, t, body)) if (f, t) == (seq_from, seq_to) => {
@@ -459,11 +461,8 @@ impl Store {
         // same figures is the same report.
         if r.from < r.to {
             let same: Option<String> = tx
-                .query_row(
-                    "SELECT body FROM reports WHERE node_id = ?1 AND period_from = ?2 AND period_to = ?3 LIMIT 1",
-                    params![node_id, r.from, r.to],
-                    |row| row.get(0),
-                )
+                .prepare_cached(SQL_SAME_PERIOD)?
+                .query_row(params![node_id, r.from, r.to], |row| row.get(0))
                 .optional()?;
             if let Some(body) = same {
                 if serde_json::from_str::<Report>(&body).is_ok_and(|s| same_usage(&s, &r)) {
@@ -479,13 +478,14 @@ impl Store {
         // the end of a period already stored for it (in any enrollment).
         // Empty, zero-length reports count nothing and anchor nothing.
         let latest: Option<(i64, i64, i64, i64)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT epoch, seq_to, period_from, period_to FROM reports INDEXED BY reports_node_end
                  WHERE node_id = ?1 AND period_to > ?2 AND period_from < period_to
                  ORDER BY period_to DESC LIMIT 1",
-                params![node_id, r.from],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
+            )?
+            .query_row(params![node_id, r.from], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .optional()?;
         if let Some((e, s, f, t)) = latest {
             return Err(Refusal::PeriodOverlap {
@@ -500,54 +500,56 @@ impl Store {
         // Validated figures are at most a month of seconds times the
         // participant cap: they fit in SQLite's i64.
         let int = |v: u64| i64::try_from(v).map_err(|_| Refusal::Malformed(format!("figure {v} out of range")));
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO reports (node_id, epoch, seq_from, seq_to, period_from, period_to, received, body, signature)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
+        )?
+        .execute(params![
+            node_id,
+            epoch_i,
+            seq_from,
+            seq_to,
+            r.from,
+            r.to,
+            now,
+            env.report,
+            env.signature
+        ])?;
+        for u in &r.usage {
+            tx.prepare_cached(SQL_INSERT_USAGE)?.execute(params![
                 node_id,
                 epoch_i,
-                seq_from,
                 seq_to,
+                u.member,
                 r.from,
-                r.to,
-                now,
-                env.report,
-                env.signature
-            ],
-        )?;
-        for u in &r.usage {
-            tx.execute(
-                "INSERT INTO usage (node_id, epoch, seq_to, member, period_from, meeting_seconds, participant_seconds, peak)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    node_id,
-                    epoch_i,
-                    seq_to,
-                    u.member,
-                    r.from,
-                    int(u.usage.meeting_seconds)?,
-                    int(u.usage.participant_seconds)?,
-                    i64::from(u.usage.peak_participants)
-                ],
-            )?;
+                int(u.usage.meeting_seconds)?,
+                int(u.usage.participant_seconds)?,
+                i64::from(u.usage.peak_participants)
+            ])?;
         }
         for m in &r.meetings {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO meetings (node_id, epoch, seq_to, meeting_id, member, period_from, seconds)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![node_id, epoch_i, seq_to, m.id, m.member, r.from, int(m.seconds)?],
-            )?;
+            )?
+            .execute(params![
+                node_id,
+                epoch_i,
+                seq_to,
+                m.id,
+                m.member,
+                r.from,
+                int(m.seconds)?
+            ])?;
         }
         for g in &r.gaps {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO gaps (node_id, epoch, seq_to, gap_from, gap_to, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![node_id, epoch_i, seq_to, g.from, g.to, reason_text(g.reason)],
-            )?;
+            )?
+            .execute(params![node_id, epoch_i, seq_to, g.from, g.to, reason_text(g.reason)])?;
         }
-        tx.execute(
-            "UPDATE nodes SET last_report = ?2, health = ?3, version = ?4 WHERE id = ?1",
-            params![node_id, now, r.health, r.firmware],
-        )?;
+        tx.prepare_cached(SQL_NODE_REPORTED)?
+            .execute(params![node_id, now, r.health, r.firmware])?;
         tx.commit()?;
         Ok(Ack {
             acked: r.seq_to,
