@@ -284,3 +284,200 @@ fn raw_get(s: &Supervisor, path: &str, cookie: &str) -> Vec<u8> {
     .unwrap();
     r.1
 }
+
+/// A supervisor whose setup is done, for the login tests.
+fn set_up() -> (Box_, Supervisor) {
+    let b = Box_::recorded("no-sensors");
+    let s = Supervisor::start(Setup {
+        sysfs_root: &b.path("sys"),
+        procfs_root: &b.path("proc"),
+        extra: "",
+    });
+    let code = console(&s)
+        .lines()
+        .find_map(|l| l.strip_prefix("Setup code   ").map(str::to_string))
+        .expect("a setup code on the console");
+    let r = post(
+        &s,
+        "/setup",
+        None,
+        &[
+            ("code", &code),
+            ("operator", OP),
+            ("operator2", OP),
+            ("viewer", VIEW),
+            ("viewer2", VIEW),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    (b, s)
+}
+
+/// The supervisor's peak resident memory so far (VmHWM), in MiB.
+fn peak_rss_mib(s: &Supervisor) -> f64 {
+    let pid = s.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// `n` logins at once, as threads of their own; their statuses.
+fn burst(s: &Supervisor, n: usize, form: impl Fn(usize) -> (String, String) + Sync) -> Vec<u16> {
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (user, pw) = form(i);
+                sc.spawn(move || post(s, "/login", None, &[("user", &user), ("password", &pw)]).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// Wrong logins one after the other until one is refused (429); how many
+/// were checked and found wrong (401) on the way.
+fn until_refused(s: &Supervisor, form: impl Fn(usize) -> (String, String)) -> usize {
+    for i in 0..100 {
+        let (user, pw) = form(i);
+        match post(s, "/login", None, &[("user", &user), ("password", &pw)]).status {
+            401 => {}
+            429 => return i,
+            other => panic!("status {other}"),
+        }
+    }
+    panic!("never refused");
+}
+
+#[test]
+fn a_burst_of_wrong_logins_checks_few_passwords_and_stays_small() {
+    let (_b, s) = set_up();
+    // 150 wrong operator passwords at once, before any is checked.
+    let st = burst(&s, 150, |i| ("operator".into(), format!("wrong password {i}")));
+    let peak = peak_rss_mib(&s);
+    assert!(peak < 256.0, "peak RSS {peak:.0} MiB during the burst");
+    // At most 10 checked (the lockout: the 10th locks, 429); the others
+    // refused before hashing (429) or for want of a hashing permit (503,
+    // which gives its place back).
+    let wrong = count(&st, 401);
+    assert!((1..10).contains(&wrong), "{st:?}");
+    assert_eq!(wrong + count(&st, 429) + count(&st, 503), 150, "{st:?}");
+    // Exactly ten checks in all before the lock, however they arrived.
+    let more = until_refused(&s, |i| ("operator".into(), format!("more wrong {i}")));
+    assert_eq!(
+        wrong + more,
+        9,
+        "wrong passwords checked before the tenth locked the account"
+    );
+    // The account is locked now: the right password is refused.
+    let r = post(&s, "/login", None, &[("user", "operator"), ("password", OP)]);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("locked"), "{}", r.body);
+    // The viewer's account is not.
+    let r = post(&s, "/login", None, &[("user", "viewer"), ("password", VIEW)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(s.get("/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn parallel_guesses_from_one_address_stop_at_its_limit() {
+    let (_b, s) = set_up();
+    // 60 guesses across made-up names at once: at most 30 checked per address.
+    let st = burst(&s, 60, |i| (format!("user{i}"), "guess".into()));
+    let wrong = count(&st, 401);
+    assert!((1..=30).contains(&wrong), "{st:?}");
+    assert_eq!(wrong + count(&st, 429) + count(&st, 503), 60, "{st:?}");
+    let more = until_refused(&s, |i| (format!("later{i}"), "guess".into()));
+    assert_eq!(wrong + more, 30, "checked from one address in all");
+    // The address is blocked now, whatever the account.
+    let r = post(&s, "/login", None, &[("user", "viewer"), ("password", VIEW)]);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.body.contains("too many failed logins from this address"),
+        "{}",
+        r.body
+    );
+}
+
+/// A certificate for localhost valid from `from` to `to` (years), its key,
+/// and its SHA-256 fingerprint.
+fn certificate(from: i32, to: i32) -> (String, String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let fp = appliance_e2e::tls::fingerprint(cert.der());
+    (cert.pem(), key.serialize_pem(), fp)
+}
+
+/// A form POST to a server pinned to the certificate `pin`.
+fn post_pinned(s: &Supervisor, pin: &str, path: &str, cookie: &str, form: &[(&str, &str)]) -> Response {
+    let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
+    let c = format!("appliance_session={cookie}");
+    https_request(
+        s.addr,
+        "POST",
+        path,
+        Some(pin),
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &c)],
+        &body.join("&"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_refused_certificate_leaves_the_installed_one_in_use_also_after_a_restart() {
+    let (_b, mut s) = set_up();
+    let r = post(&s, "/login", None, &[("user", "operator"), ("password", OP)]);
+    let op = session_of(&r);
+    let sess: serde_json::Value = serde_json::from_str(&get(&s, "/api/v1/session", &op).body).unwrap();
+    let csrf = sess["csrf"].as_str().unwrap().to_string();
+    let addr = s.addr;
+    let served = |pin: &str| {
+        https_request(addr, "GET", "/healthz", Some(pin), &[], "")
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    // The operator installs a certificate of the city's; it is served at once.
+    let (cert, key, fp) = certificate(2025, 2035);
+    let generated = s.cert_fingerprint().unwrap();
+    let r = post_pinned(
+        &s,
+        &generated,
+        "/settings/certificate",
+        &op,
+        &[("csrf", &csrf), ("certificate", &cert), ("key", &key)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.header("location").unwrap().contains("certificate+installed"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(served(&fp), 200);
+    // An expired one is refused, and changes nothing: not what is served,
+    // not what is on disk.
+    let (old_cert, old_key, old_fp) = certificate(2019, 2020);
+    let r = post_pinned(
+        &s,
+        &fp,
+        "/settings/certificate",
+        &op,
+        &[("csrf", &csrf), ("certificate", &old_cert), ("key", &old_key)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.header("location").unwrap().contains("expired"), "{:?}", r.headers);
+    assert_eq!(served(&fp), 200, "the installed certificate is still served");
+    assert_eq!(served(&old_fp), 0, "the refused one is not");
+    // Nor after a restart.
+    s.restart();
+    assert_eq!(served(&fp), 200, "the installed certificate is served after a restart");
+}

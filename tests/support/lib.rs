@@ -241,7 +241,13 @@ impl Supervisor {
     }
 
     /// SHA-256 of the admin certificate the supervisor keeps in its state dir.
+    /// A certificate the operator installed wins over the generated one,
+    /// as on the box.
     pub fn cert_fingerprint(&self) -> Option<String> {
+        let installed = self.state_dir.join("tls/installed-cert.pem");
+        if installed.exists() {
+            return tls::pem_fingerprint(&installed);
+        }
         tls::pem_fingerprint(&self.state_dir.join("tls/admin-cert.pem"))
     }
 

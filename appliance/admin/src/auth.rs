@@ -83,6 +83,18 @@ struct SessionState {
 struct Failures {
     count: u32,
     locked_until: Option<f64>,
+    /// Checks begun and not yet finished: they count toward the limit, so
+    /// a burst of parallel attempts cannot all pass the check on arrival.
+    pending: u32,
+}
+
+/// Failed logins from one address in the current window, and checks of
+/// its attempts still running.
+#[derive(Debug, Default, Clone)]
+struct AddressFailures {
+    count: u32,
+    since: f64,
+    pending: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +124,7 @@ pub struct Auth {
     setup_failures: Failures,
     sessions: HashMap<[u8; 32], SessionState>,
     failures: HashMap<String, Failures>,
-    ip_failures: HashMap<IpAddr, (u32, f64)>,
+    ip_failures: HashMap<IpAddr, AddressFailures>,
 }
 
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -285,6 +297,7 @@ impl Auth {
             if self.setup_failures.count >= SETUP_TRIES {
                 self.setup_failures = Failures {
                     count: 0,
+                    pending: 0,
                     locked_until: Some(now + LOCK_SECS),
                 };
             }
@@ -332,34 +345,75 @@ impl Auth {
         write_private(&file, &data).map_err(|e| AuthError::Storage(format!("{}: {e}", file.display())))
     }
 
-    /// Before checking a password: is the account or address locked? Returns
-    /// the stored hash to check against (None for an unknown user).
+    /// Before checking a password: is the account or address locked? If
+    /// not, the attempt is reserved (it counts toward both limits until
+    /// [`Auth::finish_login`] or [`Auth::abandon_login`]), so no more checks
+    /// run than the limits allow, however many requests arrive at once.
+    /// Returns the stored hash to check against (None for an unknown user).
     pub fn begin_login(&mut self, user: &str, ip: IpAddr, now: f64) -> Result<Option<String>, AuthError> {
-        if let Some((n, since)) = self.ip_failures.get(&ip).copied() {
-            if now - since < IP_WINDOW_SECS && n >= IP_LIMIT {
-                return Err(AuthError::TooManyAttempts(
-                    ((since + IP_WINDOW_SECS - now) / 60.0).ceil() as u64,
-                ));
+        let a = self.ip_failures.entry(ip).or_insert(AddressFailures {
+            since: now,
+            ..AddressFailures::default()
+        });
+        if now - a.since >= IP_WINDOW_SECS {
+            a.count = 0;
+            a.since = now;
+        }
+        if a.count + a.pending >= IP_LIMIT {
+            return Err(AuthError::TooManyAttempts(
+                ((a.since + IP_WINDOW_SECS - now) / 60.0).ceil().max(1.0) as u64,
+            ));
+        }
+        let known = self.users.iter().find(|u| u.name == user).map(|u| u.hash.clone());
+        if known.is_some() {
+            let f = self.failures.entry(user.to_string()).or_default();
+            if let Some(until) = f.locked_until.filter(|u| *u > now) {
+                return Err(AuthError::Locked(((until - now) / 60.0).ceil() as u64));
             }
+            if f.count + f.pending >= LOCK_AFTER {
+                // The checks running now may lock it; no more start.
+                return Err(AuthError::Locked((LOCK_SECS / 60.0) as u64));
+            }
+            f.pending += 1;
         }
-        if let Some(until) = self
-            .failures
-            .get(user)
-            .and_then(|f| f.locked_until)
-            .filter(|u| *u > now)
-        {
-            return Err(AuthError::Locked(((until - now) / 60.0).ceil() as u64));
+        if let Some(a) = self.ip_failures.get_mut(&ip) {
+            a.pending += 1;
         }
-        Ok(self.users.iter().find(|u| u.name == user).map(|u| u.hash.clone()))
+        Ok(known)
+    }
+
+    fn release(&mut self, user: &str, ip: IpAddr) {
+        if let Some(a) = self.ip_failures.get_mut(&ip) {
+            a.pending = a.pending.saturating_sub(1);
+        }
+        if let Some(f) = self.failures.get_mut(user) {
+            f.pending = f.pending.saturating_sub(1);
+        }
+    }
+
+    /// A reserved attempt whose check did not happen (the request went
+    /// away, or no hashing permit was free): the reservation is given back.
+    pub fn abandon_login(&mut self, user: &str, ip: IpAddr) {
+        self.release(user, ip);
     }
 
     /// After checking: records the outcome; on success starts a session and
-    /// returns its cookie token.
+    /// returns its cookie token. A right password is still refused if the
+    /// account was locked while it was being checked.
     pub fn finish_login(&mut self, user: &str, ip: IpAddr, ok: bool, now: f64) -> Result<(String, Session), AuthError> {
+        self.release(user, ip);
         let role = self.users.iter().find(|u| u.name == user).map(|u| u.role);
-        match (ok, role) {
-            (true, Some(role)) => {
-                self.failures.remove(user);
+        let locked = self
+            .failures
+            .get(user)
+            .and_then(|f| f.locked_until)
+            .filter(|u| *u > now);
+        match (ok, role, locked) {
+            (true, Some(_), Some(until)) => Err(AuthError::Locked(((until - now) / 60.0).ceil() as u64)),
+            (true, Some(role), None) => {
+                if let Some(f) = self.failures.get_mut(user) {
+                    f.count = 0;
+                }
                 let token = hex(&random_bytes::<32>());
                 let session = Session {
                     user: user.to_string(),
@@ -377,19 +431,21 @@ impl Auth {
                 Ok((token, session))
             }
             _ => {
-                let e = self.ip_failures.entry(ip).or_insert((0, now));
-                if now - e.1 >= IP_WINDOW_SECS {
-                    *e = (0, now);
+                let a = self.ip_failures.entry(ip).or_insert(AddressFailures {
+                    since: now,
+                    ..AddressFailures::default()
+                });
+                if now - a.since >= IP_WINDOW_SECS {
+                    a.count = 0;
+                    a.since = now;
                 }
-                e.0 += 1;
+                a.count += 1;
                 if role.is_some() {
                     let f = self.failures.entry(user.to_string()).or_default();
                     f.count += 1;
                     if f.count >= LOCK_AFTER {
-                        *f = Failures {
-                            count: 0,
-                            locked_until: Some(now + LOCK_SECS),
-                        };
+                        f.count = 0;
+                        f.locked_until = Some(now + LOCK_SECS);
                         return Err(AuthError::Locked((LOCK_SECS / 60.0) as u64));
                     }
                 }
@@ -431,7 +487,10 @@ impl Auth {
     pub fn sweep(&mut self, now: f64) {
         self.sessions
             .retain(|_, s| now - s.last_seen <= IDLE_SECS && now - s.created <= MAX_SECS);
-        self.ip_failures.retain(|_, (_, since)| now - *since < IP_WINDOW_SECS);
+        self.ip_failures
+            .retain(|_, a| a.pending > 0 || now - a.since < IP_WINDOW_SECS);
+        self.failures
+            .retain(|_, f| f.pending > 0 || f.count > 0 || f.locked_until.is_some_and(|u| u > now));
     }
 }
 
@@ -534,6 +593,43 @@ mod tests {
         }
         assert_eq!(a.check_setup(&code, OP, VIEW, 2.0), Err(AuthError::Locked(15)));
         assert!(a.check_setup(&code, OP, VIEW, 2.0 + LOCK_SECS).is_ok());
+    }
+
+    #[test]
+    fn parallel_attempts_check_no_more_than_the_limits() {
+        let (_d, mut a) = ready();
+        // 60 attempts on one account arrive before any check finishes.
+        let admitted = (0..60)
+            .filter(|i| a.begin_login("viewer", IP, f64::from(*i) * 0.001).is_ok())
+            .count();
+        assert_eq!(
+            admitted, LOCK_AFTER as usize,
+            "only as many checks as the lockout allows"
+        );
+        let outcomes: Vec<_> = (0..admitted)
+            .map(|_| a.finish_login("viewer", IP, false, 1.0))
+            .collect();
+        assert_eq!(outcomes.last(), Some(&Err(AuthError::Locked(15))));
+        // The right password afterwards is refused: the account is locked.
+        assert_eq!(a.begin_login("viewer", IP, 2.0), Err(AuthError::Locked(15)));
+        // And a right password whose check finishes after a lock is refused too.
+        assert!(matches!(
+            a.finish_login("viewer", IP, true, 3.0),
+            Err(AuthError::Locked(_))
+        ));
+
+        // 60 attempts from one address across made-up names: the address
+        // limit, counting checks still running.
+        let (_d, mut a) = ready();
+        let other: IpAddr = [10, 0, 0, 9].into();
+        let admitted = (0..60)
+            .filter(|i| a.begin_login(&format!("u{i}"), other, 0.0).is_ok())
+            .count();
+        assert_eq!(admitted, IP_LIMIT as usize);
+        // A check that never happened gives its place back.
+        a.abandon_login("u0", other);
+        assert!(a.begin_login("u99", other, 0.0).is_ok());
+        assert!(a.begin_login("u100", other, 0.0).is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod graph;
+pub mod hashing;
 pub use appliance_certs as tls;
 mod views;
 mod web;
@@ -120,6 +121,8 @@ pub struct AdminState {
     pub audit: Arc<audit::AuditLog>,
     /// The last serialised `/api/v1/status` and when it was made.
     pub status_cache: Arc<Mutex<Option<(std::time::Instant, axum::body::Bytes)>>>,
+    /// Where passwords are hashed and checked, with bounded work.
+    pub hasher: Arc<hashing::HashPool>,
 }
 
 impl AdminState {
@@ -129,6 +132,7 @@ impl AdminState {
             auth,
             audit,
             status_cache: Arc::default(),
+            hasher: Arc::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -299,8 +300,43 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| auth::hash_password("not a real account password").unwrap_or_default())
 }
 
+/// A reserved login attempt (see [`auth::Auth::begin_login`]): given back
+/// if the request ends before its check does (the client went away, or no
+/// hashing permit was free).
+struct Attempt {
+    auth: Arc<Mutex<auth::Auth>>,
+    user: String,
+    ip: IpAddr,
+    finished: bool,
+}
+
+impl Attempt {
+    fn finish(mut self, ok: bool) -> Result<(String, Session), AuthError> {
+        self.finished = true;
+        crate::state_lock(&self.auth).finish_login(&self.user, self.ip, ok, now())
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.finished {
+            crate::state_lock(&self.auth).abandon_login(&self.user, self.ip);
+        }
+    }
+}
+
+/// 503 with `Retry-After`: no hashing permit was free.
+fn busy(page: String) -> Response {
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, Html(page)).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(crate::hashing::RETRY_AFTER_SECS));
+    r
+}
+
 async fn login(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<LoginForm>) -> Response {
     let user = f.user.trim().to_string();
+    // The limits are taken before any hashing: a refused attempt costs
+    // nothing but this lookup.
     let begin = crate::state_lock(&st.auth).begin_login(&user, ctx.ip, now());
     let hash = match begin {
         Ok(h) => h,
@@ -313,14 +349,25 @@ async fn login(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<LoginForm>)
                 .into_response();
         }
     };
+    let attempt = Attempt {
+        auth: st.auth.clone(),
+        user: user.clone(),
+        ip: ctx.ip,
+        finished: false,
+    };
     let pw = f.password;
-    let ok = tokio::task::spawn_blocking(move || {
-        auth::verify_password(&pw, hash.as_deref().unwrap_or_else(|| dummy_hash())) && hash.is_some()
-    })
-    .await
-    .unwrap_or(false);
-    let result = crate::state_lock(&st.auth).finish_login(&user, ctx.ip, ok, now());
-    match result {
+    let checked = st
+        .hasher
+        .run(move || auth::verify_password(&pw, hash.as_deref().unwrap_or_else(|| dummy_hash())) && hash.is_some())
+        .await;
+    let ok = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            drop(attempt);
+            return busy(views::login(Some(&e.to_string()), None));
+        }
+    };
+    match attempt.finish(ok) {
         Ok((token, _)) => {
             ctx.audit(&st, &user, "login", "", "ok");
             let mut r = Redirect::to("/").into_response();
@@ -373,13 +420,14 @@ async fn setup(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<SetupForm>)
         return fail(&e.to_string(), status);
     }
     let (op, vw) = (f.operator, f.viewer);
-    let hashes =
-        tokio::task::spawn_blocking(move || Ok::<_, AuthError>((auth::hash_password(&op)?, auth::hash_password(&vw)?)))
-            .await;
+    let hashes = st
+        .hasher
+        .run(move || Ok::<_, AuthError>((auth::hash_password(&op)?, auth::hash_password(&vw)?)))
+        .await;
     let done = match hashes {
         Ok(Ok((a, b))) => crate::state_lock(&st.auth).finish_setup(a, b),
         Ok(Err(e)) => Err(e),
-        Err(e) => Err(AuthError::Storage(e.to_string())),
+        Err(e) => return busy(views::setup(Some(&e.to_string()))),
     };
     match done {
         Ok(()) => {
@@ -626,11 +674,11 @@ async fn change_password(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<P
         return back(&e);
     }
     let pw = f.password;
-    let hashed = tokio::task::spawn_blocking(move || auth::hash_password(&pw)).await;
+    let hashed = st.hasher.run(move || auth::hash_password(&pw)).await;
     let res = match hashed {
         Ok(Ok(h)) => crate::state_lock(&st.auth).set_password(&f.account, h),
         Ok(Err(e)) => Err(e),
-        Err(e) => Err(AuthError::Storage(e.to_string())),
+        Err(e) => return back(&e.to_string()),
     };
     let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
     ctx.audit(&st, &s.user, "change password", &f.account, &outcome);

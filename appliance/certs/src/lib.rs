@@ -63,15 +63,57 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// Reads a PEM certificate and returns its fingerprint and expiry.
 pub fn inspect(cert_path: &Path) -> Result<(String, i64), Error> {
     let pem_text = fs::read(cert_path).map_err(|e| Error::io(cert_path, e))?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text).map_err(|e| Error::Certificate {
+    inspect_pem(&pem_text).map_err(|what| Error::Certificate {
         path: cert_path.to_path_buf(),
-        what: format!("not a PEM certificate: {e}"),
-    })?;
-    let cert = pem.parse_x509().map_err(|e| Error::Certificate {
-        path: cert_path.to_path_buf(),
-        what: format!("not an X.509 certificate: {e}"),
-    })?;
+        what,
+    })
+}
+
+/// The SHA-256 fingerprint and expiry (unix seconds) of the first
+/// certificate in PEM text, read from memory (to check a certificate
+/// before anything is written).
+pub fn inspect_pem(pem_text: &[u8]) -> Result<(String, i64), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert = pem.parse_x509().map_err(|e| format!("not an X.509 certificate: {e}"))?;
     Ok((fingerprint(&pem.contents), cert.validity().not_after.timestamp()))
+}
+
+/// Suffix of a certificate pair being installed, beside the one in use.
+const NEXT: &str = "next";
+
+/// Puts an operator's certificate and key in place of the installed pair
+/// as one step, as far as files allow: both are written beside it first
+/// (`*.next`), then renamed over it, key first. A crash before the renames
+/// leaves the old pair; one between them is finished on the next start
+/// (see [`finish_install`]), so the pair on disk always belongs together.
+/// Check the pair before calling this: it writes what it is given.
+pub fn install_pair(dir: &Path, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), Error> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let (cert, key) = (dir.join(INSTALLED_CERT), dir.join(INSTALLED_KEY));
+    let (cert_next, key_next) = (cert.with_extension(NEXT), key.with_extension(NEXT));
+    write_atomic(&key_next, key_pem, 0o600)?;
+    write_atomic(&cert_next, cert_pem, 0o644)?;
+    finish_install(dir)
+}
+
+/// Completes an install a crash interrupted: once the next certificate is
+/// written, its key was written before it, so the pair is renamed into
+/// place (the key may be there already); a lone next key is an install
+/// that never finished and goes.
+pub fn finish_install(dir: &Path) -> Result<(), Error> {
+    let (cert, key) = (dir.join(INSTALLED_CERT), dir.join(INSTALLED_KEY));
+    let (cert_next, key_next) = (cert.with_extension(NEXT), key.with_extension(NEXT));
+    if cert_next.exists() {
+        if key_next.exists() {
+            fs::rename(&key_next, &key).map_err(|e| Error::io(&key, e))?;
+        }
+        fs::rename(&cert_next, &cert).map_err(|e| Error::io(&cert, e))?;
+    } else if key_next.exists() {
+        fs::remove_file(&key_next).map_err(|e| Error::io(&key_next, e))?;
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Uses the operator's certificate when both paths are given, else makes
@@ -94,6 +136,9 @@ pub fn ensure(
         });
     }
     // A certificate installed from the admin page wins over a generated one.
+    if dir.exists() {
+        finish_install(dir)?;
+    }
     let (icert, ikey) = (dir.join(INSTALLED_CERT), dir.join(INSTALLED_KEY));
     if icert.exists() && ikey.exists() {
         match inspect(&icert) {
@@ -235,6 +280,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("op.pem") && e.contains("not a PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn an_install_is_one_step_even_across_a_crash() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        install_pair(dir, b"CERT 1", b"KEY 1").unwrap();
+        let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
+        assert_eq!(
+            (read(INSTALLED_CERT), read(INSTALLED_KEY)),
+            ("CERT 1".into(), "KEY 1".into())
+        );
+        // Crash after writing the next pair, before any rename: finished.
+        write_atomic(&dir.join(INSTALLED_KEY).with_extension(NEXT), b"KEY 2", 0o600).unwrap();
+        write_atomic(&dir.join(INSTALLED_CERT).with_extension(NEXT), b"CERT 2", 0o644).unwrap();
+        finish_install(dir).unwrap();
+        assert_eq!(
+            (read(INSTALLED_CERT), read(INSTALLED_KEY)),
+            ("CERT 2".into(), "KEY 2".into())
+        );
+        // Crash between the renames (the key is in place): finished.
+        fs::rename(dir.join(INSTALLED_CERT), dir.join(INSTALLED_CERT).with_extension(NEXT)).unwrap();
+        fs::write(dir.join(INSTALLED_CERT), "CERT 1").unwrap();
+        finish_install(dir).unwrap();
+        assert_eq!(
+            (read(INSTALLED_CERT), read(INSTALLED_KEY)),
+            ("CERT 2".into(), "KEY 2".into())
+        );
+        // Crash after writing only the next key: the old pair stays.
+        write_atomic(&dir.join(INSTALLED_KEY).with_extension(NEXT), b"KEY 3", 0o600).unwrap();
+        finish_install(dir).unwrap();
+        assert_eq!(
+            (read(INSTALLED_CERT), read(INSTALLED_KEY)),
+            ("CERT 2".into(), "KEY 2".into())
+        );
+        assert!(!dir.join(INSTALLED_KEY).with_extension(NEXT).exists());
+        assert_eq!(
+            fs::metadata(dir.join(INSTALLED_KEY)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }
 

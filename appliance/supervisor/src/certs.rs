@@ -39,29 +39,32 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConf
     Ok(cfg)
 }
 
-pub fn install(s: &Shared, cert_pem: &str, key_pem: &str) -> Result<String, String> {
+/// Checks an operator's certificate and key completely (they parse, belong
+/// together, are not expired) before anything is written, so a refused
+/// upload leaves the certificate in use, on disk too, as it was.
+pub fn check(cert_pem: &str, key_pem: &str, now: i64) -> Result<(rustls::ServerConfig, String, i64), String> {
     let cfg = server_config(cert_pem, key_pem)?;
-    let dir = s.state_dir.join("tls");
-    let cert_path = dir.join(tls::INSTALLED_CERT);
-    let key_path = dir.join(tls::INSTALLED_KEY);
-    tls::write_atomic(&key_path, key_pem.as_bytes(), 0o600).map_err(|e| e.to_string())?;
-    tls::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(|e| e.to_string())?;
-    let (fp, not_after) = tls::inspect(&cert_path).map_err(|e| e.to_string())?;
+    let (fp, not_after) = tls::inspect_pem(cert_pem.as_bytes())?;
+    if not_after <= now {
+        return Err("the certificate has expired".into());
+    }
+    Ok((cfg, fp, not_after))
+}
+
+pub fn install(s: &Shared, cert_pem: &str, key_pem: &str) -> Result<String, String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    if not_after <= now {
-        let _ = std::fs::remove_file(&cert_path);
-        let _ = std::fs::remove_file(&key_path);
-        return Err("the certificate has expired".into());
-    }
+    let (cfg, fp, not_after) = check(cert_pem, key_pem, now)?;
+    let dir = s.state_dir.join("tls");
+    tls::install_pair(&dir, cert_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
     if let Some(tls) = lock(&s.tls).as_ref() {
         tls.reload_from_config(Arc::new(cfg));
     }
     *lock(&s.cert) = CertInfo {
-        cert_path,
-        key_path,
+        cert_path: dir.join(tls::INSTALLED_CERT),
+        key_path: dir.join(tls::INSTALLED_KEY),
         fingerprint_sha256: fp.clone(),
         not_after,
         generated: false,
