@@ -481,3 +481,73 @@ fn a_refused_certificate_leaves_the_installed_one_in_use_also_after_a_restart() 
     s.restart();
     assert_eq!(served(&fp), 200, "the installed certificate is served after a restart");
 }
+
+#[test]
+fn unauthenticated_traffic_neither_erases_nor_fills_the_audit_log() {
+    let (_b, s) = set_up();
+    // The operator is in, and does something that is audited.
+    let r = post(&s, "/login", None, &[("user", "operator"), ("password", OP)]);
+    let op = session_of(&r);
+    let r = post(&s, "/login", None, &[("user", "operator"), ("password", OP)]);
+    let other = session_of(&r);
+    let sess: serde_json::Value = serde_json::from_str(&get(&s, "/api/v1/session", &other).body).unwrap();
+    let r = post(&s, "/logout", Some(&other), &[("csrf", sess["csrf"].as_str().unwrap())]);
+    assert_eq!(r.status, 303);
+    // A name that would forge a log line.
+    let r = post(
+        &s,
+        "/login",
+        None,
+        &[("user", "x\nERROR forged line"), ("password", "nope")],
+    );
+    assert_eq!(r.status, 401);
+    // 5,000 attempts with 10 KB names, 8 at a time.
+    let name = "n".repeat(10 * 1024);
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let name = name.clone();
+                let s = &s;
+                sc.spawn(move || {
+                    (0..625)
+                        .map(|_| post(s, "/login", None, &[("user", &name), ("password", "nope")]).status)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.len(), 5000);
+    assert!(statuses.iter().all(|s| [401, 429, 503].contains(s)), "{statuses:?}");
+    let size = std::fs::metadata(s.state_dir.join("admin/audit.jsonl")).unwrap().len();
+    assert!(size < 10 << 20, "audit.jsonl is {size} bytes");
+    // The operator's logout is still there.
+    let r = get(&s, "/api/v1/audit?limit=500", &op);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let page: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let entries = page["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "logout" && e["user"] == "operator"),
+        "{entries:?}"
+    );
+    assert!(entries.len() < 10, "only what people who got in did: {entries:?}");
+    // The attempts are counted, per address, with names cut short.
+    let failed = page["failed_logins"].as_array().unwrap();
+    let total: u64 = failed.iter().map(|w| w["attempts"].as_u64().unwrap()).sum();
+    let busy = statuses.iter().filter(|s| **s == 503).count() as u64;
+    assert_eq!(
+        total + busy,
+        5001,
+        "every attempt that was not turned away busy is counted"
+    );
+    assert!(failed.iter().all(|w| w["users"].to_string().len() < 2000), "{failed:?}");
+    // No forged line in the supervisor's log.
+    let log = s.log_text();
+    assert!(
+        !log.lines().any(|l| l.starts_with("ERROR forged")),
+        "a log line was forged:\n{log}"
+    );
+    assert!(log.contains("x\\nERROR forged line"), "{log}");
+}

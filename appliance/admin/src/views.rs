@@ -610,6 +610,7 @@ pub struct AuditRow {
 struct Audit {
     nav: Nav,
     rows: Vec<AuditRow>,
+    failed: Vec<FailedRow>,
 }
 
 fn datetime(at: f64) -> String {
@@ -620,7 +621,21 @@ fn datetime(at: f64) -> String {
         .replace('Z', " UTC")
 }
 
-pub fn audit(s: &Session, st: &Status, entries: &[crate::audit::Entry]) -> String {
+pub struct FailedRow {
+    pub from: String,
+    pub since: String,
+    pub last: String,
+    pub attempts: u64,
+    pub users: String,
+    pub reason: String,
+}
+
+pub fn audit(
+    s: &Session,
+    st: &Status,
+    entries: &[crate::audit::Entry],
+    failed: &[crate::audit::FailedWindow],
+) -> String {
     let rows = entries
         .iter()
         .rev()
@@ -633,9 +648,22 @@ pub fn audit(s: &Session, st: &Status, entries: &[crate::audit::Entry]) -> Strin
             outcome: e.outcome.clone(),
         })
         .collect();
+    let failed = failed
+        .iter()
+        .take(200)
+        .map(|w| FailedRow {
+            from: w.from.clone(),
+            since: datetime(w.since),
+            last: datetime(w.last),
+            attempts: w.attempts,
+            users: w.users.join(", "),
+            reason: w.last_reason.clone(),
+        })
+        .collect();
     render(Audit {
         nav: nav(s, st, "/audit"),
         rows,
+        failed,
     })
 }
 

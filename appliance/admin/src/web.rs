@@ -222,6 +222,12 @@ impl Ctx {
         }
     }
 
+    /// A failed login or setup attempt: to the bounded failed-login log,
+    /// never to the audit log (anyone can make them).
+    fn failed_login(&self, st: &AdminState, user: &str, reason: &str) {
+        st.audit.failed_login(&self.ip.to_string(), user, reason, now());
+    }
+
     fn audit(&self, st: &AdminState, user: &str, action: &str, target: &str, outcome: &str) {
         st.audit.record(&Entry {
             at: now(),
@@ -341,7 +347,7 @@ async fn login(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<LoginForm>)
     let hash = match begin {
         Ok(h) => h,
         Err(e) => {
-            ctx.audit(&st, &user, "login", "", &e.to_string());
+            ctx.failed_login(&st, &user, &e.to_string());
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 Html(views::login(Some(&e.to_string()), None)),
@@ -375,7 +381,7 @@ async fn login(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<LoginForm>)
             r
         }
         Err(e) => {
-            ctx.audit(&st, &user, "login", "", &e.to_string());
+            ctx.failed_login(&st, &user, &e.to_string());
             let status = if matches!(e, AuthError::Locked(_)) {
                 StatusCode::TOO_MANY_REQUESTS
             } else {
@@ -411,7 +417,7 @@ async fn setup(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<SetupForm>)
     let checked = crate::state_lock(&st.auth).check_setup(&f.code, &f.operator, &f.viewer, now());
     if let Err(e) = checked {
         // The code itself is never written anywhere.
-        ctx.audit(&st, "-", "setup", "", &e.to_string());
+        ctx.failed_login(&st, "(setup)", &e.to_string());
         let status = match e {
             AuthError::AlreadySetUp => return Redirect::to("/login").into_response(),
             AuthError::WeakPassword(_) => StatusCode::BAD_REQUEST,
@@ -630,7 +636,13 @@ async fn enroll(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<EnrollForm
 
 async fn audit_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
     let s = viewer!(ctx, st);
-    Html(views::audit(&s, &st.backend.status(), &st.audit.tail(500))).into_response()
+    Html(views::audit(
+        &s,
+        &st.backend.status(),
+        &st.audit.tail(500),
+        &st.audit.failed_logins(),
+    ))
+    .into_response()
 }
 
 async fn settings_page(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -742,6 +754,10 @@ async fn support_bundle(ctx: Ctx, State(st): State<AdminState>) -> Response {
         .map(|l| l + "\n")
         .collect();
     files.push(("audit.jsonl".into(), audit.into_bytes()));
+    files.push((
+        "failed-logins.json".into(),
+        serde_json::to_vec_pretty(&st.audit.failed_logins()).unwrap_or_default(),
+    ));
     ctx.audit(&st, &s.user, "download support bundle", "", "ok");
     match crate::bundle::tar_gz(&files) {
         Ok(bytes) => (
@@ -847,9 +863,25 @@ async fn api_logs(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<LogsQu
     }
 }
 
-async fn api_audit(ctx: Ctx, State(st): State<AdminState>) -> Response {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AuditQuery {
+    before: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// One page of the audit log, newest first (`?before=N&limit=M`, at most
+/// 500 a page), and the failed-login windows.
+async fn api_audit(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<AuditQuery>) -> Response {
     viewer!(ctx, st);
-    Json(st.audit.tail(500)).into_response()
+    let page = st.audit.page(q.before, q.limit.unwrap_or(100).clamp(1, 500));
+    Json(serde_json::json!({
+        "entries": page.entries,
+        "next_before": page.next_before,
+        "total": page.total,
+        "failed_logins": st.audit.failed_logins(),
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

@@ -145,19 +145,8 @@ async fn redis_ping(address: &str) -> Outcome {
 }
 
 async fn bbb(ctx: &Context, b: &BbbTarget, timeout: Duration) -> Outcome {
-    let url = appliance_bbb::signed_url(&b.url, "getMeetings", &[], &b.secret, appliance_bbb::Algorithm::Sha256);
-    let res = match ctx.http.get(&url).timeout(timeout).send().await {
-        Ok(r) => r,
-        // Without the URL: its checksum would let anyone repeat the call.
-        Err(e) => return Outcome::fail(format!("getMeetings: {}", error_chain(&e.without_url()))),
-    };
-    let status = res.status();
-    let body = res.text().await.unwrap_or_default();
-    if !status.is_success() {
-        return Outcome::fail(format!("getMeetings: HTTP {status}"));
-    }
-    match appliance_bbb::xml::parse_get_meetings(&body) {
-        Ok(m) => Outcome::ok(format!("{} meetings", m.len())),
+    match crate::bbb_client::get_meetings(&ctx.http, &b.url, &b.secret, timeout).await {
+        Ok(m) => Outcome::ok(format!("{} meetings", m.meetings.len())),
         Err(e) => Outcome::fail(format!("getMeetings: {e}")),
     }
 }

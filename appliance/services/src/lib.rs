@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+pub mod bbb_client;
 pub mod checks;
 pub mod policy;
 pub mod recipe;

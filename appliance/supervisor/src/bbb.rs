@@ -90,30 +90,12 @@ pub fn seen(meetings: &[appliance_bbb::Meeting], member_key: &str) -> Vec<Seen> 
 
 async fn once(client: &reqwest::Client, cfg: &BbbConfig) -> Result<(i64, Vec<appliance_bbb::Meeting>), String> {
     let secret = cfg.secret()?;
-    let url = appliance_bbb::signed_url(&cfg.url, "getMeetings", &[], &secret, appliance_bbb::Algorithm::Sha256);
-    let res = client
-        .get(&url)
-        .send()
+    let m = appliance_services::bbb_client::get_meetings(client, &cfg.url, &secret, Duration::from_secs(10))
         .await
-        // The URL carries a checksum that would let anyone repeat the call: it
-        // stays out of error messages.
-        .map_err(|e| format!("request failed: {}", e.without_url()))?;
-    if !res.status().is_success() {
-        return Err(format!("HTTP {}", res.status()));
-    }
+        .map_err(|e| e.to_string())?;
     // Usage is charged on BBB's clock (its HTTP Date), which on a node is
     // the node's own clock; the node clock when BBB does not say.
-    let at = res
-        .headers()
-        .get(reqwest::header::DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_else(|| unix_now() as i64);
-    let body = res.text().await.map_err(|e| e.without_url().to_string())?;
-    let meetings = appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| e.to_string())?;
-    Ok((at, meetings))
+    Ok((m.date.unwrap_or_else(|| unix_now() as i64), m.meetings))
 }
 
 /// Meetings for the admin page, each attributed to a member organisation
