@@ -551,3 +551,82 @@ fn unauthenticated_traffic_neither_erases_nor_fills_the_audit_log() {
     );
     assert!(log.contains("x\\nERROR forged line"), "{log}");
 }
+
+#[test]
+fn idle_connections_cannot_starve_the_supervisor() {
+    use std::sync::Arc;
+
+    let b = Box_::recorded("no-sensors");
+    // 1,024 open files, as a default `ulimit -n`.
+    let s = Supervisor::start_env(
+        Setup {
+            sysfs_root: &b.path("sys"),
+            procfs_root: &b.path("proc"),
+            extra: "",
+        },
+        &[("APPLIANCE_TEST_NOFILE", "1024")],
+    );
+    let pid = s.child.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 1024 ")),
+        "{limits}"
+    );
+    let fp = s.cert_fingerprint().unwrap();
+    let config = Arc::new(appliance_certs::pinned_client_config(&fp));
+    // 300 TLS connections that finish the handshake and then say nothing.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
+        let mut conn = rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        idle.push((conn, sock));
+    }
+    // The page still answers at once.
+    let t0 = std::time::Instant::now();
+    wait_for(
+        "/healthz while 300 connections idle",
+        Duration::from_secs(2),
+        || match s.get("/healthz") {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status)),
+            Err(e) => Err(e),
+        },
+    );
+    eprintln!("/healthz answered in {:?} beside 300 idle connections", t0.elapsed());
+    // The idle ones are closed by the server within a minute.
+    for (_, sock) in &idle {
+        sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    for (conn, sock) in &mut idle {
+        let mut buf = [0u8; 64];
+        let closed = loop {
+            match conn.complete_io(sock) {
+                Ok((0, 0)) => break true,
+                Ok(_) => {
+                    if conn.reader().read(&mut buf).is_ok_and(|n| n == 0) {
+                        break true;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    break false;
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "an idle connection was still open after {:?}", t0.elapsed());
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    let log = s.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert_eq!(s.get("/healthz").unwrap().status, 200);
+}

@@ -198,7 +198,16 @@ impl Supervisor {
             .path()
             .join(format!("supervisor-{}.log", Instant::now().elapsed().as_nanos()));
         let log_file = fs::File::create(&log).unwrap();
-        let child = Command::new(bin("appliance"))
+        // APPLIANCE_TEST_NOFILE: run under that open-file limit (prlimit).
+        let mut cmd = match env.iter().find(|(k, _)| *k == "APPLIANCE_TEST_NOFILE") {
+            Some((_, n)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin("appliance"));
+                c
+            }
+            None => Command::new(bin("appliance")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("JOURNAL_STREAM")

@@ -159,35 +159,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    listener.set_nonblocking(true).map_err(|e| Error::Serve {
-        addr: addr.clone(),
-        source: e,
-    })?;
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    axum_server::from_tcp_rustls(listener, config)
-        .map_err(|e| Error::Serve {
-            addr: addr.clone(),
-            source: e,
-        })?
-        .handle(handle)
-        .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+    let limits = tls::server::Limits::for_this_process();
+    log::info!(
+        "admin server: at most {} connections; idle ones closed after {} s",
+        limits.max_connections,
+        limits.idle.as_secs()
+    );
+    tls::server::serve(listener, config, router, limits, handle)
         .await
         .map_err(|e| Error::Serve { addr, source: e })
 }
 
 /// Loads the certificate for [`serve`]; keep the config to reload it.
 pub async fn tls_config(cert: &tls::CertInfo) -> Result<axum_server::tls_rustls::RustlsConfig, Error> {
-    axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
-        .await
-        .map_err(|e| Error::Certificate {
-            path: cert.cert_path.clone(),
-            what: e.to_string(),
-        })
+    tls::server::tls_from_files(&cert.cert_path, &cert.key_path).map_err(|what| Error::Certificate {
+        path: cert.cert_path.clone(),
+        what,
+    })
 }
 
 /// Locks a mutex even if a thread panicked while holding it.

@@ -5,6 +5,8 @@
 //! tokens pin (ops), so nobody has to trust on first use.
 #![forbid(unsafe_code)]
 
+pub mod server;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

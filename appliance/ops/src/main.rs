@@ -277,9 +277,8 @@ fn serve(cfg: Config) -> Result<()> {
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert_path, &cert.key_path)
-            .await
-            .context("ops certificate")?;
+        let tls = appliance_certs::server::tls_from_files(&cert.cert_path, &cert.key_path)
+            .map_err(|e| anyhow::anyhow!("ops certificate: {e}"))?;
         let app = appliance_ops::router(OpsState {
             store: Arc::new(Mutex::new(store)),
             report_interval: cfg.report_interval,
@@ -301,10 +300,15 @@ fn serve(cfg: Config) -> Result<()> {
             }
             h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         });
-        axum_server::from_tcp_rustls(listener, tls)?
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await?;
+        // Connection limits and timeouts as on the nodes' admin page.
+        appliance_certs::server::serve(
+            listener,
+            tls,
+            app,
+            appliance_certs::server::Limits::for_this_process(),
+            handle,
+        )
+        .await?;
         Ok::<_, anyhow::Error>(())
     })
 }

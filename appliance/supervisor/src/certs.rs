@@ -5,39 +5,10 @@
 use std::sync::Arc;
 
 use appliance_admin::tls::{self, CertInfo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::state::{Shared, lock};
 
-/// A rustls server config for a certificate chain and key, checking that
-/// they belong together.
-pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err("no certificate found in the PEM text".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("the private key is not valid PEM: {e}"))?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|e| format!("unsupported private key: {e}"))?;
-    let ck = rustls::sign::CertifiedKey::new(certs.clone(), signing);
-    ck.keys_match()
-        .map_err(|_| "the private key does not belong to the certificate".to_string())?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key refused: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
-}
+pub use tls::server::server_config;
 
 /// Checks an operator's certificate and key completely (they parse, belong
 /// together, are not expired) before anything is written, so a refused
