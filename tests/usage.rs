@@ -1484,6 +1484,21 @@ fn hostile_reports_are_refused_with_reasons_and_the_month_stays_readable() {
         "{text}"
     );
     assert!(!text.contains("refused: node honest-node"), "{text}");
+    // Text a node sends cannot drive the terminal of whoever reads it.
+    let mut beat = report(&honest_id, 2, t0 + 300, t0 + 300, 0);
+    beat.usage.clear();
+    beat.meetings.clear();
+    beat.health = "\u{1b}[2J\u{1b}[Hall is well\nforged-node ok".into();
+    assert_eq!(send(&honest, &beat).0, 200);
+    let text = String::from_utf8(ops.cli(&["nodes"]).stdout).unwrap();
+    assert!(!text.contains('\u{1b}') && !text.contains("\nforged-node"), "{text:?}");
+    assert!(text.contains("\\u{1b}[2J"), "{text}");
+    // Ops's files are its own.
+    use std::os::unix::fs::PermissionsExt;
+    let state = ops.config.parent().unwrap().join("state");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("ops.db")), 0o600);
 }
 
 #[test]

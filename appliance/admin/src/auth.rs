@@ -32,8 +32,14 @@ pub const IP_WINDOW_SECS: f64 = 10.0 * 60.0;
 pub const IDLE_SECS: f64 = 30.0 * 60.0;
 /// ...and after this long in any case.
 pub const MAX_SECS: f64 = 12.0 * 3600.0;
-/// Wrong setup codes before setup is locked for `LOCK_SECS`.
+/// Wrong setup codes from one address before that address may not try
+/// for `LOCK_SECS`.
 pub const SETUP_TRIES: u32 = 5;
+/// Wrong setup codes from all addresses within `LOCK_SECS` past which an
+/// address may get one code wrong, not `SETUP_TRIES`. The code has 50 bits:
+/// this bounds guessing from many addresses without ever locking out the
+/// support person, who types the right code first.
+pub const SETUP_CEILING: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,7 +127,9 @@ pub struct Auth {
     dir: PathBuf,
     users: Vec<User>,
     setup_code: Option<String>,
-    setup_failures: Failures,
+    /// Wrong setup codes per address, and the times of recent ones.
+    setup_failures: HashMap<IpAddr, Failures>,
+    setup_recent: std::collections::VecDeque<f64>,
     sessions: HashMap<[u8; 32], SessionState>,
     failures: HashMap<String, Failures>,
     ip_failures: HashMap<IpAddr, AddressFailures>,
@@ -253,7 +261,8 @@ impl Auth {
             dir: dir.to_path_buf(),
             users,
             setup_code: None,
-            setup_failures: Failures::default(),
+            setup_failures: HashMap::new(),
+            setup_recent: std::collections::VecDeque::new(),
             sessions: HashMap::new(),
             failures: HashMap::new(),
             ip_failures: HashMap::new(),
@@ -285,17 +294,39 @@ impl Auth {
 
     /// Checks a setup attempt; on success the caller hashes the passwords
     /// (slowly, off the runtime) and calls [`Auth::finish_setup`].
-    pub fn check_setup(&mut self, code: &str, operator_pw: &str, viewer_pw: &str, now: f64) -> Result<(), AuthError> {
+    pub fn check_setup(
+        &mut self,
+        code: &str,
+        operator_pw: &str,
+        viewer_pw: &str,
+        ip: IpAddr,
+        now: f64,
+    ) -> Result<(), AuthError> {
         let Some(expected) = self.setup_code.clone() else {
             return Err(AuthError::AlreadySetUp);
         };
-        if let Some(until) = self.setup_failures.locked_until.filter(|u| *u > now) {
+        if let Some(until) = self
+            .setup_failures
+            .get(&ip)
+            .and_then(|f| f.locked_until)
+            .filter(|u| *u > now)
+        {
             return Err(AuthError::Locked(((until - now) / 60.0).ceil() as u64));
         }
         if !constant_time_eq(normalize_code(code).as_bytes(), normalize_code(&expected).as_bytes()) {
-            self.setup_failures.count += 1;
-            if self.setup_failures.count >= SETUP_TRIES {
-                self.setup_failures = Failures {
+            while self.setup_recent.front().is_some_and(|t| now - t >= LOCK_SECS) {
+                self.setup_recent.pop_front();
+            }
+            self.setup_recent.push_back(now);
+            let tries = if self.setup_recent.len() > SETUP_CEILING {
+                1
+            } else {
+                SETUP_TRIES
+            };
+            let f = self.setup_failures.entry(ip).or_default();
+            f.count += 1;
+            if f.count >= tries {
+                *f = Failures {
                     count: 0,
                     pending: 0,
                     locked_until: Some(now + LOCK_SECS),
@@ -510,7 +541,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut a = Auth::open(d.path()).unwrap();
         let code = a.setup_code().unwrap().to_string();
-        a.check_setup(&code, OP, VIEW, 0.0).unwrap();
+        a.check_setup(&code, OP, VIEW, IP, 0.0).unwrap();
         a.finish_setup(hash_password(OP).unwrap(), hash_password(VIEW).unwrap())
             .unwrap();
         (d, a)
@@ -546,25 +577,25 @@ mod tests {
         let mut a = Auth::open(d.path()).unwrap();
         assert_eq!(a.setup_code(), Some(code.as_str()), "same code after a restart");
         assert_eq!(
-            a.check_setup("WRONG-CODE1", OP, VIEW, 0.0),
+            a.check_setup("WRONG-CODE1", OP, VIEW, IP, 0.0),
             Err(AuthError::BadSetupCode)
         );
         assert!(matches!(
-            a.check_setup(&code, "weak", VIEW, 0.0),
+            a.check_setup(&code, "weak", VIEW, IP, 0.0),
             Err(AuthError::WeakPassword(_))
         ));
         assert!(matches!(
-            a.check_setup(&code, OP, OP, 0.0),
+            a.check_setup(&code, OP, OP, IP, 0.0),
             Err(AuthError::WeakPassword(_))
         ));
         // Lower case and no dash are fine.
-        a.check_setup(&normalize_code(&code).to_lowercase(), OP, VIEW, 0.0)
+        a.check_setup(&normalize_code(&code).to_lowercase(), OP, VIEW, IP, 0.0)
             .unwrap();
         a.finish_setup(hash_password(OP).unwrap(), hash_password(VIEW).unwrap())
             .unwrap();
         assert_eq!(a.setup_code(), None);
         assert!(!d.path().join("setup-code").exists());
-        assert_eq!(a.check_setup(&code, OP, VIEW, 0.0), Err(AuthError::AlreadySetUp));
+        assert_eq!(a.check_setup(&code, OP, VIEW, IP, 0.0), Err(AuthError::AlreadySetUp));
         let mode = fs::metadata(d.path().join("auth.json")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(d.path().join("auth.json")).unwrap();
@@ -581,18 +612,36 @@ mod tests {
     }
 
     #[test]
-    fn wrong_setup_codes_lock_setup() {
+    fn wrong_setup_codes_lock_the_address_not_setup() {
         let d = tempfile::tempdir().unwrap();
         let mut a = Auth::open(d.path()).unwrap();
         let code = a.setup_code().unwrap().to_string();
+        let other: IpAddr = [10, 0, 0, 7].into();
         for _ in 0..SETUP_TRIES {
             assert_eq!(
-                a.check_setup("AAAAA-AAAAA", OP, VIEW, 1.0),
+                a.check_setup("AAAAA-AAAAA", OP, VIEW, other, 1.0),
                 Err(AuthError::BadSetupCode)
             );
         }
-        assert_eq!(a.check_setup(&code, OP, VIEW, 2.0), Err(AuthError::Locked(15)));
-        assert!(a.check_setup(&code, OP, VIEW, 2.0 + LOCK_SECS).is_ok());
+        assert_eq!(a.check_setup(&code, OP, VIEW, other, 2.0), Err(AuthError::Locked(15)));
+        // The support person, elsewhere, is not locked out.
+        assert!(a.check_setup(&code, OP, VIEW, IP, 2.0).is_ok());
+        assert!(a.check_setup(&code, OP, VIEW, other, 2.0 + LOCK_SECS).is_ok());
+        // Past the ceiling (many addresses guessing), one wrong code locks an
+        // address; a right code from a new one still works.
+        let mut a = Auth::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let code = a.setup_code().unwrap().to_string();
+        for i in 0..=SETUP_CEILING {
+            let ip: IpAddr = [10, 1, (i / 250) as u8, (i % 250) as u8].into();
+            let _ = a.check_setup("AAAAA-AAAAA", OP, VIEW, ip, 3.0);
+        }
+        let late: IpAddr = [10, 9, 9, 9].into();
+        assert_eq!(
+            a.check_setup("BBBBB-BBBBB", OP, VIEW, late, 4.0),
+            Err(AuthError::BadSetupCode)
+        );
+        assert_eq!(a.check_setup(&code, OP, VIEW, late, 4.0), Err(AuthError::Locked(15)));
+        assert!(a.check_setup(&code, OP, VIEW, IP, 4.0).is_ok());
     }
 
     #[test]

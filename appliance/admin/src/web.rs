@@ -152,8 +152,10 @@ impl FromRequestParts<AdminState> for Ctx {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        // "null" is what a sandboxed frame, a data: URL or a redirect
+        // chain sends: never this page, so refused like any other site.
         let origin_ok = match parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            None | Some("null") => true,
+            None => true,
             Some(o) => o.split_once("://").map(|(_, h)| h) == Some(host),
         };
         Ok(Ctx {
@@ -414,7 +416,7 @@ async fn setup(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<SetupForm>)
     if f.operator != f.operator2 || f.viewer != f.viewer2 {
         return fail("the two copies of a password differ", StatusCode::BAD_REQUEST);
     }
-    let checked = crate::state_lock(&st.auth).check_setup(&f.code, &f.operator, &f.viewer, now());
+    let checked = crate::state_lock(&st.auth).check_setup(&f.code, &f.operator, &f.viewer, ctx.ip, now());
     if let Err(e) = checked {
         // The code itself is never written anywhere.
         ctx.failed_login(&st, "(setup)", &e.to_string());
@@ -987,7 +989,8 @@ mod tests {
         let mut a = Auth::open(dir.path()).unwrap();
         if setup_done {
             let code = a.setup_code().unwrap().to_string();
-            a.check_setup(&code, OP, VIEW, 0.0).unwrap();
+            a.check_setup(&code, OP, VIEW, IpAddr::from([127, 0, 0, 1]), 0.0)
+                .unwrap();
             a.finish_setup(auth::hash_password(OP).unwrap(), auth::hash_password(VIEW).unwrap())
                 .unwrap();
         }
@@ -1168,6 +1171,16 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "foreign origin");
+        let (status, _, _) = send(
+            &app,
+            "POST",
+            "/services/nginx/restart",
+            Some(&tok),
+            &format!("csrf={csrf}"),
+            &[("origin", "null")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "Origin: null (a sandboxed frame)");
         let (status, _, _) = send(&app, "POST", "/api/v1/services/nginx/restart", Some(&tok), "", &[]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "API without header");
         assert!(app.backend.actions.lock().unwrap().is_empty());

@@ -111,9 +111,39 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Opens the database; the state dir is ops's alone (0700) and the
+/// database files are 0600: they hold every node's key and report.
 fn open(cfg: &Config) -> Result<Store> {
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
-    Store::open(&cfg.db_path()).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.db_path().display()))
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &cfg.state_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("state_dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("state_dir {}", dir.display()))?;
+    let store = Store::open(&cfg.db_path()).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.db_path().display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", cfg.db_path().display()));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| p.display().to_string())?;
+        }
+    }
+    Ok(store)
+}
+
+/// Text a node sent (health, version, member names), as a terminal may
+/// show it: control characters escaped, so none can move the cursor,
+/// clear the screen or forge a line.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn run(cmd: Command, cfg: Config) -> Result<()> {
@@ -167,14 +197,14 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                 println!(
                     "{:<20} {:<10} {:<24} {:<24} {:<7} {:<8} {:<8} {:<33} {}",
                     n.name,
-                    n.version,
+                    printable(&n.version),
                     utc(n.enrolled),
                     n.last_report.map(utc).unwrap_or_else(|| "never".into()),
                     n.epoch,
                     if n.revoked { "yes" } else { "no" },
                     n.refusals,
                     n.id,
-                    n.health.as_deref().unwrap_or_default()
+                    printable(n.health.as_deref().unwrap_or_default())
                 );
             }
             for n in nodes.iter().filter(|n| n.refusals > 0) {
@@ -183,7 +213,7 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                     n.name,
                     n.refusals,
                     n.last_refusal_at.map(utc).unwrap_or_default(),
-                    n.last_refusal.as_deref().unwrap_or_default()
+                    printable(n.last_refusal.as_deref().unwrap_or_default())
                 );
             }
             Ok(())
@@ -208,7 +238,7 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                     println!(
                         "{},{},{},{},{},{},{}",
                         csv_field(&r.node),
-                        csv_field(&r.member),
+                        csv_field(&printable(&r.member)),
                         r.meetings,
                         r.meeting_seconds,
                         r.participant_seconds,
@@ -226,7 +256,7 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                     println!(
                         "{:<20} {:<24} {:>8} {:>16.1} {:>20.1} {:>6} {:>16.1}",
                         r.node,
-                        r.member,
+                        printable(&r.member),
                         r.meetings,
                         r.meeting_seconds as f64 / 60.0,
                         r.participant_seconds as f64 / 60.0,
@@ -311,4 +341,16 @@ fn serve(cfg: Config) -> Result<()> {
         .await?;
         Ok::<_, anyhow::Error>(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok"), "ok");
+        assert_eq!(printable("\u{1b}[2J\nfake row"), "\\u{1b}[2J\\nfake row");
+        assert_eq!(csv_field(&printable("a,b\nc")), "\"a,b\\nc\"");
+    }
 }

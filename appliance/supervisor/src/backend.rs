@@ -133,6 +133,8 @@ fn filter(lines: Vec<LogLine>, q: &LogQuery) -> Vec<LogLine> {
 /// no stable library format; journalctl is the supported reader).
 async fn journal(unit: &str, q: &LogQuery) -> Result<Vec<LogLine>, String> {
     let mut cmd = tokio::process::Command::new("journalctl");
+    // A journalctl that outlives its timeout is killed, not left running.
+    cmd.kill_on_drop(true);
     cmd.args(["--no-pager", "-o", "json", "-u", unit, "-n"])
         .arg(q.limit.to_string());
     if let Some(c) = &q.contains {
