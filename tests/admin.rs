@@ -359,9 +359,11 @@ fn until_refused(s: &Supervisor, form: impl Fn(usize) -> (String, String)) -> us
 #[test]
 fn a_burst_of_wrong_logins_checks_few_passwords_and_stays_small() {
     let (_b, s) = set_up();
+    eprintln!("peak RSS {:.1} MiB before the burst", peak_rss_mib(&s));
     // 150 wrong operator passwords at once, before any is checked.
     let st = burst(&s, 150, |i| ("operator".into(), format!("wrong password {i}")));
     let peak = peak_rss_mib(&s);
+    eprintln!("peak RSS {peak:.1} MiB during 150 wrong logins at once");
     assert!(peak < 256.0, "peak RSS {peak:.0} MiB during the burst");
     // At most 10 checked (the lockout: the 10th locks, 429); the others
     // refused before hashing (429) or for want of a hashing permit (503,

@@ -231,11 +231,38 @@ pub fn hash_password(pw: &str) -> Result<String, AuthError> {
 
 /// Checks a password against a stored hash (slow on purpose).
 pub fn verify_password(pw: &str, hash: &str) -> bool {
-    use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
-    match PasswordHash::new(hash) {
-        Ok(h) => argon2::Argon2::default().verify_password(pw.as_bytes(), &h).is_ok(),
-        Err(_) => false,
-    }
+    use argon2::password_hash::phc::PasswordHash;
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&h.salt, &h.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::new(h.algorithm.as_str()) else {
+        return false;
+    };
+    let Ok(version) = h.version.map(argon2::Version::try_from).transpose() else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&h) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let a = argon2::Argon2::new(algorithm, version.unwrap_or_default(), params);
+    let mut out = vec![0u8; expected.len()];
+    // The thread's own argon2 memory, kept between checks: a check
+    // allocates nothing large, so the few hashing threads hold one block
+    // each and the allocator has nothing to keep.
+    let done = HASH_MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        m.resize(blocks, argon2::Block::default());
+        a.hash_password_into_with_memory(pw.as_bytes(), salt.as_ref(), &mut out, &mut m[..blocks])
+    });
+    done.is_ok() && constant_time_eq(&out, expected.as_bytes())
+}
+
+thread_local! {
+    static HASH_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -642,6 +669,35 @@ mod tests {
         );
         assert_eq!(a.check_setup(&code, OP, VIEW, late, 4.0), Err(AuthError::Locked(15)));
         assert!(a.check_setup(&code, OP, VIEW, IP, 4.0).is_ok());
+    }
+
+    #[test]
+    fn checks_agree_with_argon2s_own_verifier() {
+        use argon2::password_hash::{CustomizedPasswordHasher, PasswordVerifier, phc::PasswordHash};
+        let default = hash_password("a long enough pass phrase").unwrap();
+        let custom = argon2::Argon2::default()
+            .hash_password_customized(
+                b"another pass phrase",
+                b"0123456789abcdef",
+                Some("argon2i"),
+                Some(0x10),
+                argon2::Params::new(4096, 2, 1, Some(24)).unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        for (pw, hash) in [
+            ("a long enough pass phrase", &default),
+            ("a long enough pass phrasE", &default),
+            ("another pass phrase", &custom),
+            ("", &custom),
+        ] {
+            let theirs = argon2::Argon2::default()
+                .verify_password(pw.as_bytes(), &PasswordHash::new(hash).unwrap())
+                .is_ok();
+            assert_eq!(verify_password(pw, hash), theirs, "{pw:?} against {hash}");
+        }
+        assert!(verify_password("another pass phrase", &custom));
+        assert!(!verify_password("x", "not a hash"));
     }
 
     #[test]
