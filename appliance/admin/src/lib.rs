@@ -35,7 +35,7 @@ mod web;
 
 pub use web::{COOKIE, ROUTES};
 
-pub use appliance_api::Status;
+pub use appliance_api::{ActionError, Status};
 pub use appliance_monitor::history::Window;
 
 /// A future a [`Backend`] returns for slow work (systemd, the journal).
@@ -52,15 +52,15 @@ pub trait Backend: Send + Sync + 'static {
     fn series(&self) -> Vec<String>;
     fn history(&self, series: &str, window: Window) -> Vec<(u64, Option<f32>)>;
     /// Restart or reset a service; the answer is a sentence for people.
-    fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, String>>;
+    fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>>;
     /// Log lines of the supervisor or of a recipe unit.
-    fn logs(&self, query: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, String>>;
+    fn logs(&self, query: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, ActionError>>;
     /// Files for the support bundle, already free of secrets.
     fn support_files(&self) -> Vec<(String, Vec<u8>)>;
     /// Enrolls the node with global ops (a token from `appliance-ops token create`).
-    fn enroll(&self, ops: String, token: String) -> BoxFuture<'_, Result<String, String>>;
+    fn enroll(&self, ops: String, token: String) -> BoxFuture<'_, Result<String, ActionError>>;
     /// Installs an operator's certificate and key (PEM) for the admin page.
-    fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, String>;
+    fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, ActionError>;
     /// Fingerprint and expiry of the admin certificate in use.
     fn certificate(&self) -> tls::CertInfo;
 }

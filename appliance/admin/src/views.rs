@@ -484,7 +484,7 @@ fn time_of(at: f64) -> String {
     format!("{h:02}:{m:02}:{s:02}")
 }
 
-pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, String>) -> String {
+pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, crate::ActionError>) -> String {
     let current = q.unit.clone().unwrap_or_else(|| "appliance".into());
     let mut units = vec!["appliance".to_string()];
     if let Some(sv) = &st.services {
@@ -514,7 +514,7 @@ pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, 
                 .collect(),
             None,
         ),
-        Err(e) => (vec![], Some(e)),
+        Err(e) => (vec![], Some(e.to_string())),
     };
     render(Logs {
         nav: nav(s, st, "/logs"),

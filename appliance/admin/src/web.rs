@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::audit::Entry;
 use crate::auth::{self, AuthError, Role, Session};
 use crate::views;
-use crate::{AdminState, LogQuery, ServiceAction, Window};
+use crate::{ActionError, AdminState, LogQuery, ServiceAction, Window};
 
 pub const COOKIE: &str = "appliance_session";
 
@@ -165,6 +165,26 @@ impl FromRequestParts<AdminState> for Ctx {
             api: parts.uri.path().starts_with("/api/"),
             origin_ok,
         })
+    }
+}
+
+/// An action's failure as the JSON API answers it: the status its kind
+/// calls for (one exhaustive match, `ActionError::http_status`) and
+/// `{"ok": false, "kind", "error"}`.
+struct ApiError(ActionError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = serde_json::to_value(&self.0)
+            .ok()
+            .and_then(|v| v.get("kind").cloned())
+            .unwrap_or_default();
+        (
+            status,
+            Json(serde_json::json!({ "ok": false, "kind": kind, "error": self.0.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -518,7 +538,7 @@ async fn service_form(
     };
     let msg = match &res {
         Ok(m) => m.clone(),
-        Err(e) => e.clone(),
+        Err(e) => e.to_string(),
     };
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("msg", &msg)
@@ -534,7 +554,7 @@ async fn service_action(
     name: &str,
     action: &str,
     csrf: Option<&str>,
-) -> Result<Result<String, String>, Response> {
+) -> Result<Result<String, ActionError>, Response> {
     let s = match ctx.operator(st, csrf) {
         Ok(s) => s,
         Err(r) => {
@@ -552,7 +572,7 @@ async fn service_action(
         ));
     };
     let res = st.backend.service_action(name.to_string(), act).await;
-    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone());
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
     ctx.audit(st, &s.user, &format!("service {}", act.as_str()), name, &outcome);
     Ok(res)
 }
@@ -623,12 +643,12 @@ async fn enroll(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<EnrollForm
         Err(r) => return r,
     };
     let res = st.backend.enroll(f.ops.clone(), f.token).await;
-    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone());
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
     // The token is a secret: only the ops URL goes into the audit log.
     ctx.audit(&st, &s.user, "enroll", &f.ops, &outcome);
     let msg = match res {
         Ok(m) => m,
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("msg", &msg)
@@ -725,11 +745,11 @@ async fn install_certificate(ctx: Ctx, State(st): State<AdminState>, Form(f): Fo
         Err(r) => return r,
     };
     let res = st.backend.install_certificate(f.certificate, f.key);
-    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone());
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
     ctx.audit(&st, &s.user, "install certificate", "admin page", &outcome);
     let msg = match res {
         Ok(m) => m,
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("msg", &msg)
@@ -826,11 +846,7 @@ async fn api_service_action(
     };
     match res {
         Ok(m) => Json(serde_json::json!({ "ok": true, "message": m })).into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "ok": false, "error": e })),
-        )
-            .into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
@@ -861,7 +877,7 @@ async fn api_logs(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<LogsQu
     viewer!(ctx, st);
     match st.backend.logs(q.to_query()).await {
         Ok(l) => Json(l).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": e }))).into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
@@ -942,26 +958,32 @@ mod tests {
         fn history(&self, _: &str, _: Window) -> Vec<(u64, Option<f32>)> {
             vec![(0, Some(0.5)), (1, Some(0.25))]
         }
-        fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, String>> {
+        fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>> {
             Box::pin(async move {
+                if name == "busy" {
+                    return Err(ActionError::Conflict("busy is already being restarted".into()));
+                }
+                if name == "nope" {
+                    return Err(ActionError::NotFound("no service named \"nope\"".into()));
+                }
                 self.actions.lock().unwrap().push(format!("{} {name}", action.as_str()));
                 Ok(format!("{} {name}", action.as_str()))
             })
         }
-        fn logs(&self, _: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, String>> {
+        fn logs(&self, _: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, ActionError>> {
             Box::pin(async { Ok(vec![]) })
         }
         fn support_files(&self) -> Vec<(String, Vec<u8>)> {
             vec![("status.json".into(), b"{}".to_vec())]
         }
-        fn enroll(&self, ops: String, _: String) -> BoxFuture<'_, Result<String, String>> {
+        fn enroll(&self, ops: String, _: String) -> BoxFuture<'_, Result<String, ActionError>> {
             Box::pin(async move {
                 self.actions.lock().unwrap().push(format!("enroll {ops}"));
                 Ok("enrolled".into())
             })
         }
-        fn install_certificate(&self, _: String, _: String) -> Result<String, String> {
-            Err("not in tests".into())
+        fn install_certificate(&self, _: String, _: String) -> Result<String, ActionError> {
+            Err(ActionError::Invalid("not in tests".into()))
         }
         fn certificate(&self) -> tls::CertInfo {
             tls::CertInfo {
@@ -1151,6 +1173,33 @@ mod tests {
         let (tok, _) = login_as(&app, "operator");
         let (_, _, body) = send(&app, "GET", "/settings", Some(&tok), "", &[]).await;
         assert!(body.contains("/settings/password"));
+    }
+
+    #[tokio::test]
+    async fn api_errors_take_their_status_from_their_kind() {
+        let app = app(true);
+        let (tok, csrf) = login_as(&app, "operator");
+        for (name, status, kind) in [
+            ("busy", StatusCode::CONFLICT, "conflict"),
+            ("nope", StatusCode::NOT_FOUND, "not_found"),
+        ] {
+            let (got, _, body) = send(
+                &app,
+                "POST",
+                &format!("/api/v1/services/{name}/restart"),
+                Some(&tok),
+                "",
+                &[("x-csrf-token", &csrf)],
+            )
+            .await;
+            assert_eq!(got, status, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                (v["ok"].as_bool(), v["kind"].as_str()),
+                (Some(false), Some(kind)),
+                "{body}"
+            );
+        }
     }
 
     #[tokio::test]

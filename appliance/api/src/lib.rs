@@ -1,14 +1,17 @@
 //! What the supervisor says about the node: the status document behind
-//! `appliance status`, the control socket and `/api/v1/status`, and its
-//! plain-text rendering. Data only: no I/O.
+//! `appliance status`, the control socket and `/api/v1/status`, its
+//! plain-text rendering, and [`ActionError`], why an action was not done.
+//! Data only: no I/O.
 
 use serde::{Deserialize, Serialize};
 
 pub use appliance_monitor::{Alert, Health, Severity, Snapshot};
 pub use appliance_services::runtime::{CheckView, ServiceView, ServicesStatus};
 
+mod error;
 mod text;
 
+pub use error::ActionError;
 pub use text::{format_bytes, format_duration, services_table};
 
 /// Everything `appliance status` shows.

@@ -79,12 +79,25 @@ pub struct ServicesStatus {
 pub enum Command {
     Restart {
         name: String,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, CommandError>>,
     },
     Reset {
         name: String,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, CommandError>>,
     },
+}
+
+/// Why an operator's command was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no service named {name:?}; the recipe has: {known}")]
+    UnknownService { name: String, known: String },
+    #[error("{0} is already being restarted")]
+    Busy(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("the service runtime is not running: {0}")]
+    NotRunning(String),
 }
 
 #[derive(Debug, Default)]
@@ -453,11 +466,11 @@ impl<M: ServiceManager> Runtime<M> {
         match c {
             Command::Restart { name, reply } => {
                 let Some(i) = self.recipe.services.iter().position(|s| s.name == name) else {
-                    let _ = reply.send(Err(format!("no service named {name:?}; the recipe has: {}", known())));
+                    let _ = reply.send(Err(CommandError::UnknownService { name, known: known() }));
                     return;
                 };
                 if self.svcs[i].busy {
-                    let _ = reply.send(Err(format!("{name} is already being restarted")));
+                    let _ = reply.send(Err(CommandError::Busy(name)));
                     return;
                 }
                 let order = self.recipe.restart_order(&name);
@@ -469,7 +482,7 @@ impl<M: ServiceManager> Runtime<M> {
             }
             Command::Reset { name, reply } => {
                 let Some(i) = self.recipe.services.iter().position(|s| s.name == name) else {
-                    let _ = reply.send(Err(format!("no service named {name:?}; the recipe has: {}", known())));
+                    let _ = reply.send(Err(CommandError::UnknownService { name, known: known() }));
                     return;
                 };
                 log::info!("operator reset of {name}");
@@ -484,7 +497,9 @@ impl<M: ServiceManager> Runtime<M> {
                     Ok(()) => Ok(format!(
                         "{name} reset: the supervisor will restart it again when needed"
                     )),
-                    Err(e) => Err(format!("{name} reset, but clearing systemd's failed state failed: {e}")),
+                    Err(e) => Err(CommandError::Failed(format!(
+                        "{name} reset, but clearing systemd's failed state failed: {e}"
+                    ))),
                 });
             }
         }
@@ -803,8 +818,10 @@ unit = "crashy.service"
             })
             .await
             .unwrap();
+        let e = rx.await.unwrap().unwrap_err();
+        assert!(matches!(e, CommandError::UnknownService { .. }), "{e:?}");
         assert_eq!(
-            rx.await.unwrap().unwrap_err(),
+            e.to_string(),
             "no service named \"nope\"; the recipe has: freeswitch, fsesl, crashy"
         );
     }

@@ -5,8 +5,8 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appliance_admin::{BoxFuture, LogLine, LogQuery, ServiceAction, Window};
-use appliance_services::runtime::Command;
+use appliance_admin::{ActionError, BoxFuture, LogLine, LogQuery, ServiceAction, Window};
+use appliance_services::runtime::{Command, CommandError};
 use tokio::sync::oneshot;
 
 use crate::metrics;
@@ -35,11 +35,11 @@ impl appliance_admin::Backend for Backend {
         lock(&self.0.history).query(series, window)
     }
 
-    fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, String>> {
+    fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>> {
         Box::pin(async move { service_action(&self.0, name, action).await })
     }
 
-    fn logs(&self, q: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, String>> {
+    fn logs(&self, q: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, ActionError>> {
         Box::pin(async move {
             match q.unit.as_deref() {
                 None | Some("appliance") => Ok(filter(crate::logging::recent(), &q)),
@@ -48,9 +48,11 @@ impl appliance_admin::Backend for Backend {
                         .as_ref()
                         .is_some_and(|s| s.services.iter().any(|x| x.unit == unit));
                     if !known {
-                        return Err(format!("{unit} is not a unit of this node's recipe"));
+                        return Err(ActionError::NotFound(format!(
+                            "{unit} is not a unit of this node's recipe"
+                        )));
                     }
-                    journal(unit, &q).await
+                    journal(unit, &q).await.map_err(ActionError::Unavailable)
                 }
             }
         })
@@ -83,17 +85,17 @@ impl appliance_admin::Backend for Backend {
         files.push(("supervisor.log".into(), log.into_bytes()));
         files
     }
-    fn enroll(&self, ops: String, token: String) -> BoxFuture<'_, Result<String, String>> {
+    fn enroll(&self, ops: String, token: String) -> BoxFuture<'_, Result<String, ActionError>> {
         Box::pin(async move {
             let s = &self.0;
             s.reports
                 .enroll(&s.state_dir, &ops, &token, true, &s.node_facts())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.action_error())
         })
     }
 
-    fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, String> {
+    fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, ActionError> {
         crate::certs::install(&self.0, &cert_pem, &key_pem)
     }
 
@@ -103,19 +105,25 @@ impl appliance_admin::Backend for Backend {
 }
 
 /// Runs an operator's service action through the service runtime.
-pub async fn service_action(s: &Shared, name: String, action: ServiceAction) -> Result<String, String> {
+pub async fn service_action(s: &Shared, name: String, action: ServiceAction) -> Result<String, ActionError> {
     let Some(tx) = s.service_commands.clone() else {
-        return Err("no recipe is configured on this node ([services] recipe)".into());
+        return Err(ActionError::NotFound(
+            "no recipe is configured on this node ([services] recipe)".into(),
+        ));
     };
     let (reply, rx) = oneshot::channel();
     let cmd = match action {
         ServiceAction::Restart => Command::Restart { name, reply },
         ServiceAction::Reset => Command::Reset { name, reply },
     };
-    tx.send(cmd)
-        .await
-        .map_err(|_| "the service runtime is not running".to_string())?;
-    rx.await.map_err(|_| "the service runtime stopped".to_string())?
+    let gone = || ActionError::Unavailable("the service runtime is not running".into());
+    tx.send(cmd).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?.map_err(|e| match e {
+        CommandError::UnknownService { .. } => ActionError::NotFound(e.to_string()),
+        CommandError::Busy(_) => ActionError::Conflict(e.to_string()),
+        CommandError::Failed(_) => ActionError::Failed(e.to_string()),
+        CommandError::NotRunning(_) => ActionError::Unavailable(e.to_string()),
+    })
 }
 
 fn filter(lines: Vec<LogLine>, q: &LogQuery) -> Vec<LogLine> {

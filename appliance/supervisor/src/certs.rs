@@ -22,14 +22,15 @@ pub fn check(cert_pem: &str, key_pem: &str, now: i64) -> Result<(rustls::ServerC
     Ok((cfg, fp, not_after))
 }
 
-pub fn install(s: &Shared, cert_pem: &str, key_pem: &str) -> Result<String, String> {
+pub fn install(s: &Shared, cert_pem: &str, key_pem: &str) -> Result<String, appliance_api::ActionError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let (cfg, fp, not_after) = check(cert_pem, key_pem, now)?;
+    let (cfg, fp, not_after) = check(cert_pem, key_pem, now).map_err(appliance_api::ActionError::Invalid)?;
     let dir = s.state_dir.join("tls");
-    tls::install_pair(&dir, cert_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    tls::install_pair(&dir, cert_pem.as_bytes(), key_pem.as_bytes())
+        .map_err(|e| appliance_api::ActionError::Failed(e.to_string()))?;
     if let Some(tls) = lock(&s.tls).as_ref() {
         tls.reload_from_config(Arc::new(cfg));
     }

@@ -71,15 +71,21 @@ async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): 
         from: "this node".into(),
         action: format!("service {action}"),
         target: name,
-        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
+        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
     });
+    answer(res)
+}
+
+/// The socket's answer: the sentence, with the status the error's kind
+/// calls for.
+fn answer(res: Result<String, appliance_api::ActionError>) -> Response {
     match res {
         Ok(msg) => (StatusCode::OK, format!("{msg}\n")).into_response(),
-        Err(msg) if msg.contains("not running") || msg.contains("stopped") => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n")).into_response()
-        }
-        Err(msg) if msg.contains("no recipe") => (StatusCode::NOT_FOUND, format!("{msg}\n")).into_response(),
-        Err(msg) => (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            format!("{e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -96,7 +102,7 @@ async fn enroll(State(s): State<Arc<Shared>>, axum::Json(b): axum::Json<EnrollBo
         .reports
         .enroll(&s.state_dir, &b.ops, &b.token, b.force, &s.node_facts())
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| e.action_error());
     s.audit.record(&appliance_admin::audit::Entry {
         at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -106,12 +112,9 @@ async fn enroll(State(s): State<Arc<Shared>>, axum::Json(b): axum::Json<EnrollBo
         from: "this node".into(),
         action: "enroll".into(),
         target: b.ops.clone(),
-        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
+        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
     });
-    match res {
-        Ok(m) => (StatusCode::OK, format!("{m}\n")).into_response(),
-        Err(m) => (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
-    }
+    answer(res)
 }
 
 /// What the console shows, for `appliance console`.

@@ -58,6 +58,23 @@ pub enum EnrollError {
     TaskGone,
 }
 
+impl EnrollError {
+    /// The kind of failure, for the admin page and the control socket.
+    pub fn action_error(&self) -> appliance_api::ActionError {
+        use appliance_api::ActionError as A;
+        let m = self.to_string();
+        match self {
+            EnrollError::BadToken(_) | EnrollError::OtherOps { .. } | EnrollError::Refused(_) => A::Invalid(m),
+            EnrollError::AlreadyEnrolled { .. } => A::Conflict(m),
+            // A certificate other than the token's: someone may be in
+            // between; nothing was sent.
+            EnrollError::PinMismatch { .. } => A::Invalid(m),
+            EnrollError::Unreachable { .. } | EnrollError::TaskGone => A::Unavailable(m),
+            EnrollError::Key { .. } | EnrollError::Nonsense(_) | EnrollError::Save(_) => A::Failed(m),
+        }
+    }
+}
+
 fn key_path(state: &Path) -> PathBuf {
     state.join("identity/node.pk8")
 }

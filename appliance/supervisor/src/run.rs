@@ -241,7 +241,7 @@ async fn run_services(
                                 appliance_services::runtime::Command::Restart { reply, .. }
                                 | appliance_services::runtime::Command::Reset { reply, .. },
                             ) => {
-                                let _ = reply.send(Err(format!("the service runtime is not running: {e}")));
+                                let _ = reply.send(Err(appliance_services::runtime::CommandError::NotRunning(e.to_string())));
                             }
                             None => return,
                         },
