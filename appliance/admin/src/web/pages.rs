@@ -1,0 +1,319 @@
+//! The pages behind login, and the forms that change something: service
+//! actions, enrollment, passwords, the certificate, the support bundle.
+
+use super::*;
+
+pub(super) async fn overview(ctx: Ctx, State(st): State<AdminState>) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::overview(&s, &st.backend.status())).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct WindowQuery {
+    window: Option<Window>,
+}
+
+pub(super) async fn hardware(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Response {
+    let s = viewer!(ctx, st);
+    let window = q.window.unwrap_or(Window::Hour);
+    Html(views::hardware(&s, &st.backend.status(), st.backend.as_ref(), window)).into_response()
+}
+
+pub(super) async fn services_page(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::services(
+        &s,
+        &st.backend.status(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
+}
+
+pub(super) async fn service_form(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Path((name, action)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let res = match service_action(&ctx, &st, &name, &action, f.csrf.as_deref()).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
+    let msg = match &res {
+        Ok(m) => m.clone(),
+        Err(e) => e.to_string(),
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
+    Redirect::to(&format!("/services?{q}")).into_response()
+}
+
+/// An operator's service action from a form or the API: role and CSRF
+/// checked, carried out, audited either way. `Err` is the refusal to send.
+pub(super) async fn service_action(
+    ctx: &Ctx,
+    st: &AdminState,
+    name: &str,
+    action: &str,
+    csrf: Option<&str>,
+) -> Result<Result<String, ActionError>, Response> {
+    let s = match ctx.operator(st, csrf) {
+        Ok(s) => s,
+        Err(r) => {
+            let who = ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-");
+            ctx.audit(st, who, &format!("service {action}"), name, "refused");
+            return Err(r);
+        }
+    };
+    let Some(act) = parse_action(action) else {
+        return Err(refuse(
+            ctx,
+            st,
+            StatusCode::NOT_FOUND,
+            "unknown action: restart or reset",
+        ));
+    };
+    let res = st.backend.service_action(name.to_string(), act).await;
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
+    ctx.audit(st, &s.user, &format!("service {}", act.as_str()), name, &outcome);
+    Ok(res)
+}
+
+pub(super) fn parse_action(a: &str) -> Option<ServiceAction> {
+    match a {
+        "restart" => Some(ServiceAction::Restart),
+        "reset" => Some(ServiceAction::Reset),
+        _ => None,
+    }
+}
+
+pub(super) async fn meetings_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::meetings(&s, &st.backend.status())).into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct LogsQuery {
+    unit: Option<String>,
+    contains: Option<String>,
+    limit: Option<usize>,
+}
+
+impl LogsQuery {
+    pub(super) fn to_query(&self) -> LogQuery {
+        LogQuery {
+            unit: self.unit.clone().filter(|u| !u.is_empty()),
+            contains: self.contains.clone().filter(|c| !c.is_empty()),
+            limit: self.limit.unwrap_or(200).clamp(1, 2000),
+        }
+    }
+}
+
+pub(super) async fn logs_page(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<LogsQuery>) -> Response {
+    let s = viewer!(ctx, st);
+    let query = q.to_query();
+    let lines = st.backend.logs(query.clone()).await;
+    Html(views::logs(&s, &st.backend.status(), &query, lines)).into_response()
+}
+
+pub(super) async fn updates_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::updates(&s, &st.backend.status())).into_response()
+}
+
+pub(super) async fn enrollment_page(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::enrollment(
+        &s,
+        &st.backend.status(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct EnrollForm {
+    csrf: Option<String>,
+    ops: String,
+    token: String,
+}
+
+pub(super) async fn enroll(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<EnrollForm>) -> Response {
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let res = st.backend.enroll(f.ops.clone(), f.token).await;
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
+    // The token is a secret: only the ops URL goes into the audit log.
+    ctx.audit(&st, &s.user, "enroll", &f.ops, &outcome);
+    let msg = match res {
+        Ok(m) => m,
+        Err(e) => e.to_string(),
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
+    Redirect::to(&format!("/enrollment?{q}")).into_response()
+}
+
+pub(super) async fn audit_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::audit(
+        &s,
+        &st.backend.status(),
+        &st.audit.tail(500),
+        &st.audit.failed_logins(),
+    ))
+    .into_response()
+}
+
+pub(super) async fn settings_page(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::settings(
+        &s,
+        &st.backend.status(),
+        &st.backend.certificate(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct PasswordForm {
+    csrf: Option<String>,
+    account: String,
+    password: String,
+    password2: String,
+}
+
+pub(super) async fn change_password(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<PasswordForm>) -> Response {
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let back = |msg: &str| {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("msg", msg)
+            .finish();
+        Redirect::to(&format!("/settings?{q}")).into_response()
+    };
+    if f.account != "operator" && f.account != "viewer" {
+        return back("choose the operator or the viewer account");
+    }
+    if f.password != f.password2 {
+        return back("the two copies of the password differ");
+    }
+    if let Err(e) = auth::check_strength(&f.password, &f.account) {
+        return back(&e);
+    }
+    let pw = f.password;
+    let hashed = st.hasher.run(move || auth::hash_password(&pw)).await;
+    let res = match hashed {
+        Ok(Ok(h)) => crate::state_lock(&st.auth).set_password(&f.account, h),
+        Ok(Err(e)) => Err(e),
+        Err(e) => return back(&e.to_string()),
+    };
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
+    ctx.audit(&st, &s.user, "change password", &f.account, &outcome);
+    match res {
+        // Changing the operator's own password ends its sessions.
+        Ok(()) if f.account == s.user => {
+            let mut r = Redirect::to("/login").into_response();
+            r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+            r
+        }
+        Ok(()) => back(&format!(
+            "the {} password was changed; its sessions were ended",
+            f.account
+        )),
+        Err(e) => back(&e.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct CertForm {
+    csrf: Option<String>,
+    certificate: String,
+    key: String,
+}
+
+pub(super) async fn install_certificate(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<CertForm>) -> Response {
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let res = st.backend.install_certificate(f.certificate, f.key);
+    let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
+    ctx.audit(&st, &s.user, "install certificate", "admin page", &outcome);
+    let msg = match res {
+        Ok(m) => m,
+        Err(e) => e.to_string(),
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
+    Redirect::to(&format!("/settings?{q}")).into_response()
+}
+
+pub(super) async fn support_bundle(ctx: Ctx, State(st): State<AdminState>) -> Response {
+    let s = viewer!(ctx, st);
+    if s.role != Role::Operator {
+        return refuse(
+            &ctx,
+            &st,
+            StatusCode::FORBIDDEN,
+            "only the operator may download the support bundle",
+        );
+    }
+    let mut files = st.backend.support_files();
+    let audit: String = st
+        .audit
+        .tail(1000)
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .map(|l| l + "\n")
+        .collect();
+    files.push(("audit.jsonl".into(), audit.into_bytes()));
+    files.push((
+        "failed-logins.json".into(),
+        serde_json::to_vec_pretty(&st.audit.failed_logins()).unwrap_or_default(),
+    ));
+    ctx.audit(&st, &s.user, "download support bundle", "", "ok");
+    match crate::bundle::tar_gz(&files) {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/gzip")),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"support-bundle.tar.gz\""),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html(views::message_page("Support bundle failed", &e.to_string())),
+        )
+            .into_response(),
+    }
+}
+
+// --- JSON API ----------------------------------------------------------------

@@ -1,0 +1,411 @@
+use std::sync::{Arc, Mutex};
+
+use appliance_api::{Hardware, Health, Node, Status};
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::audit::AuditLog;
+use crate::auth::Auth;
+use crate::{Backend, BoxFuture, LogLine, tls};
+
+struct Fake {
+    actions: Mutex<Vec<String>>,
+}
+
+impl Backend for Fake {
+    fn metrics(&self) -> String {
+        "m 1\n".into()
+    }
+    fn alive(&self) -> bool {
+        true
+    }
+    fn status(&self) -> Status {
+        Status {
+            node: Node {
+                name: "n".into(),
+                version: "0.1.0".into(),
+                started_at: 0.0,
+                uptime_seconds: 5.0,
+            },
+            hardware: Hardware {
+                profile: "qemu".into(),
+                description: "d".into(),
+                reason: "r".into(),
+                uplink: None,
+            },
+            health: Health::default(),
+            alerts: vec![],
+            sensors: vec![],
+            monitor: None,
+            services: None,
+            bbb: None,
+            enrollment: None,
+            reports: None,
+        }
+    }
+    fn series(&self) -> Vec<String> {
+        vec!["cpu".into()]
+    }
+    fn history(&self, _: &str, _: Window) -> Vec<(u64, Option<f32>)> {
+        vec![(0, Some(0.5)), (1, Some(0.25))]
+    }
+    fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>> {
+        Box::pin(async move {
+            if name == "busy" {
+                return Err(ActionError::Conflict("busy is already being restarted".into()));
+            }
+            if name == "nope" {
+                return Err(ActionError::NotFound("no service named \"nope\"".into()));
+            }
+            self.actions.lock().unwrap().push(format!("{} {name}", action.as_str()));
+            Ok(format!("{} {name}", action.as_str()))
+        })
+    }
+    fn logs(&self, _: LogQuery) -> BoxFuture<'_, Result<Vec<LogLine>, ActionError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    fn support_files(&self) -> Vec<(String, Vec<u8>)> {
+        vec![("status.json".into(), b"{}".to_vec())]
+    }
+    fn enroll(&self, ops: String, _: String) -> BoxFuture<'_, Result<String, ActionError>> {
+        Box::pin(async move {
+            self.actions.lock().unwrap().push(format!("enroll {ops}"));
+            Ok("enrolled".into())
+        })
+    }
+    fn install_certificate(&self, _: String, _: String) -> Result<String, ActionError> {
+        Err(ActionError::Invalid("not in tests".into()))
+    }
+    fn certificate(&self) -> tls::CertInfo {
+        tls::CertInfo {
+            cert_path: "c".into(),
+            key_path: "k".into(),
+            fingerprint_sha256: "AA".into(),
+            not_after: 0,
+            generated: true,
+        }
+    }
+}
+
+const OP: &str = "Operator-pass-1234";
+const VIEW: &str = "viewer pass phrase 99";
+
+struct App {
+    router: Router,
+    auth: Arc<Mutex<Auth>>,
+    backend: Arc<Fake>,
+    _dir: tempfile::TempDir,
+}
+
+fn app(setup_done: bool) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Auth::open(dir.path()).unwrap();
+    if setup_done {
+        let code = a.setup_code().unwrap().to_string();
+        a.check_setup(&code, OP, VIEW, IpAddr::from([127, 0, 0, 1]), 0.0)
+            .unwrap();
+        a.finish_setup(auth::hash_password(OP).unwrap(), auth::hash_password(VIEW).unwrap())
+            .unwrap();
+    }
+    let auth = Arc::new(Mutex::new(a));
+    let backend = Arc::new(Fake {
+        actions: Mutex::new(vec![]),
+    });
+    let state = AdminState::new(backend.clone(), auth.clone(), Arc::new(AuditLog::open(dir.path())));
+    App {
+        router: router(state),
+        auth,
+        backend,
+        _dir: dir,
+    }
+}
+
+async fn send(
+    app: &App,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "node:8443");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, format!("{COOKIE}={c}"));
+    }
+    if method == "POST" {
+        b = b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = app
+        .router
+        .clone()
+        .oneshot(b.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    (status, headers, body)
+}
+
+fn login_as(app: &App, user: &str) -> (String, String) {
+    let (tok, s) = app
+        .auth
+        .lock()
+        .unwrap()
+        .finish_login(user, IpAddr::from([127, 0, 0, 1]), true, now())
+        .unwrap();
+    (tok, s.csrf)
+}
+
+/// ROUTES, which the tests walk, must name every route of the router:
+/// a route added without adding it there would go untested.
+#[test]
+fn routes_list_covers_the_router() {
+    let src = include_str!("mod.rs");
+    let body = &src[src.find("pub(crate) fn router").unwrap()..src.find("/// The list of routes").unwrap()];
+    let mut n = 0;
+    for part in body.split(".route(\"").skip(1) {
+        let path = &part[..part.find('"').unwrap()];
+        n += 1;
+        if ["/healthz", "/metrics", "/login", "/setup"].contains(&path) {
+            continue;
+        }
+        let concrete = path.replace("{name}", "nginx").replace("{action}", "restart");
+        assert!(
+            ROUTES
+                .iter()
+                .any(|(_, p)| p.split('?').next() == Some(concrete.as_str())),
+            "{path} is missing from ROUTES"
+        );
+    }
+    assert!(n >= 25, "found {n} routes");
+}
+
+#[tokio::test]
+async fn every_route_needs_a_session_but_the_public_ones() {
+    let app = app(true);
+    for (method, path) in ROUTES {
+        let (status, headers, _) = send(&app, method, path, None, "", &[]).await;
+        if path.starts_with("/api/") {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        } else {
+            assert_eq!(status, StatusCode::SEE_OTHER, "{method} {path}");
+            assert_eq!(headers.get(header::LOCATION).unwrap(), "/login", "{method} {path}");
+        }
+    }
+    for path in ["/healthz", "/metrics", "/login"] {
+        assert_eq!(send(&app, "GET", path, None, "", &[]).await.0, StatusCode::OK, "{path}");
+    }
+    // A made-up or expired cookie is no session.
+    assert_eq!(
+        send(&app, "GET", "/api/v1/status", Some("deadbeef"), "", &[]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Before setup, pages lead to the setup page instead.
+    let fresh = self::app(false);
+    let (status, headers, _) = send(&fresh, "GET", "/", None, "", &[]).await;
+    assert_eq!(
+        (status, headers.get(header::LOCATION).unwrap().to_str().unwrap()),
+        (StatusCode::SEE_OTHER, "/setup")
+    );
+    assert_eq!(
+        send(&fresh, "GET", "/login", None, "", &[]).await.0,
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_sees_but_cannot_change() {
+    let app = app(true);
+    let (tok, csrf) = login_as(&app, "viewer");
+    for (method, path) in ROUTES {
+        let (status, _, _) = if *method == "GET" {
+            send(&app, method, path, Some(&tok), "", &[]).await
+        } else {
+            send(
+                &app,
+                method,
+                path,
+                Some(&tok),
+                &format!("csrf={csrf}"),
+                &[("x-csrf-token", &csrf)],
+            )
+            .await
+        };
+        let changes = *method == "POST" && *path != "/logout";
+        let want = if changes || *path == "/support-bundle" {
+            StatusCode::FORBIDDEN
+        } else if *path == "/logout" {
+            StatusCode::SEE_OTHER
+        } else if *path == "/no/such/page" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, want, "viewer {method} {path}");
+        if *path == "/logout" {
+            break; // the session is gone after this one
+        }
+    }
+    assert!(
+        app.backend.actions.lock().unwrap().is_empty(),
+        "nothing was done for the viewer"
+    );
+    // The services page offers the viewer no buttons.
+    let (tok, _) = login_as(&app, "viewer");
+    let (_, _, body) = send(&app, "GET", "/services", Some(&tok), "", &[]).await;
+    assert!(!body.contains("class=\"restart\""));
+    let (tok, _) = login_as(&app, "operator");
+    let (_, _, body) = send(&app, "GET", "/settings", Some(&tok), "", &[]).await;
+    assert!(body.contains("/settings/password"));
+}
+
+#[tokio::test]
+async fn api_errors_take_their_status_from_their_kind() {
+    let app = app(true);
+    let (tok, csrf) = login_as(&app, "operator");
+    for (name, status, kind) in [
+        ("busy", StatusCode::CONFLICT, "conflict"),
+        ("nope", StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let (got, _, body) = send(
+            &app,
+            "POST",
+            &format!("/api/v1/services/{name}/restart"),
+            Some(&tok),
+            "",
+            &[("x-csrf-token", &csrf)],
+        )
+        .await;
+        assert_eq!(got, status, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["ok"].as_bool(), v["kind"].as_str()),
+            (Some(false), Some(kind)),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn state_changes_need_the_csrf_token_and_same_origin() {
+    let app = app(true);
+    let (tok, csrf) = login_as(&app, "operator");
+    let (status, _, _) = send(&app, "POST", "/services/nginx/restart", Some(&tok), "", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no token");
+    let (status, _, _) = send(&app, "POST", "/services/nginx/restart", Some(&tok), "csrf=0000", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "wrong token");
+    let (status, _, _) = send(
+        &app,
+        "POST",
+        "/services/nginx/restart",
+        Some(&tok),
+        &format!("csrf={csrf}"),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "foreign origin");
+    let (status, _, _) = send(
+        &app,
+        "POST",
+        "/services/nginx/restart",
+        Some(&tok),
+        &format!("csrf={csrf}"),
+        &[("origin", "null")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "Origin: null (a sandboxed frame)");
+    let (status, _, _) = send(&app, "POST", "/api/v1/services/nginx/restart", Some(&tok), "", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "API without header");
+    assert!(app.backend.actions.lock().unwrap().is_empty());
+    let (status, headers, _) = send(
+        &app,
+        "POST",
+        "/services/nginx/restart",
+        Some(&tok),
+        &format!("csrf={csrf}"),
+        &[("origin", "https://node:8443")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers
+            .get(header::LOCATION)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("/services?msg=restart+nginx")
+    );
+    let (status, _, body) = send(
+        &app,
+        "POST",
+        "/api/v1/services/nginx/reset",
+        Some(&tok),
+        "",
+        &[("x-csrf-token", &csrf)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(*app.backend.actions.lock().unwrap(), ["restart nginx", "reset nginx"]);
+}
+
+#[tokio::test]
+async fn ten_wrong_passwords_lock_the_account() {
+    let app = app(true);
+    for i in 1..=10 {
+        let (status, _, body) = send(
+            &app,
+            "POST",
+            "/login",
+            None,
+            "user=operator&password=wrong-guess-123",
+            &[],
+        )
+        .await;
+        if i < 10 {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "try {i}");
+            assert!(body.contains("wrong user name or password"));
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "try {i}");
+            assert!(body.contains("locked for 15 more minutes"), "{body}");
+        }
+    }
+    let (status, headers, _) = send(
+        &app,
+        "POST",
+        "/login",
+        None,
+        &format!("user=operator&password={OP}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password is refused while locked"
+    );
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    let (status, headers, _) = send(
+        &app,
+        "POST",
+        "/login",
+        None,
+        &format!("user=viewer&password={}", VIEW.replace(' ', "+")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the other account still works");
+    let cookie = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+}
