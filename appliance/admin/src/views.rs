@@ -677,7 +677,7 @@ struct Settings<'a> {
     msg: Option<&'a str>,
 }
 
-pub fn settings(s: &Session, st: &Status, cert: &crate::tls::CertInfo, msg: Option<&str>) -> String {
+pub fn settings(s: &Session, st: &Status, cert: &crate::CertificateView, msg: Option<&str>) -> String {
     render(Settings {
         nav: nav(s, st, "/settings"),
         fingerprint: cert.fingerprint_sha256.clone(),

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 pub use appliance_monitor::{Alert, Health, Severity, Snapshot};
 pub use appliance_services::runtime::{CheckView, ServiceView, ServicesStatus};
 
+mod contract;
 mod error;
 mod text;
 
+pub use contract::{Backend, BoxFuture, CertificateView, LogLine, LogQuery, ServiceAction};
 pub use error::ActionError;
 pub use text::{format_bytes, format_duration, services_table};
 

@@ -5,7 +5,8 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appliance_admin::{ActionError, BoxFuture, LogLine, LogQuery, ServiceAction, Window};
+use appliance_api::{ActionError, BoxFuture, LogLine, LogQuery, ServiceAction};
+use appliance_monitor::history::Window;
 use appliance_services::runtime::{Command, CommandError};
 use tokio::sync::oneshot;
 
@@ -14,7 +15,7 @@ use crate::state::{Shared, lock};
 
 pub struct Backend(pub Arc<Shared>);
 
-impl appliance_admin::Backend for Backend {
+impl appliance_api::Backend for Backend {
     fn metrics(&self) -> String {
         metrics::render(&self.0.status(), metrics::ProcessStats::current())
     }
@@ -23,7 +24,7 @@ impl appliance_admin::Backend for Backend {
         self.0.alive()
     }
 
-    fn status(&self) -> appliance_admin::Status {
+    fn status(&self) -> appliance_api::Status {
         self.0.status()
     }
 
@@ -99,8 +100,13 @@ impl appliance_admin::Backend for Backend {
         crate::certs::install(&self.0, &cert_pem, &key_pem)
     }
 
-    fn certificate(&self) -> appliance_admin::tls::CertInfo {
-        lock(&self.0.cert).clone()
+    fn certificate(&self) -> appliance_api::CertificateView {
+        let c = lock(&self.0.cert).clone();
+        appliance_api::CertificateView {
+            fingerprint_sha256: c.fingerprint_sha256,
+            not_after: c.not_after,
+            generated: c.generated,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use appliance_admin::LogLine;
+use appliance_api::LogLine;
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Lines kept in memory.

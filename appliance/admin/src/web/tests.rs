@@ -9,7 +9,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::audit::AuditLog;
 use crate::auth::Auth;
-use crate::{Backend, BoxFuture, LogLine, tls};
+use crate::{Backend, BoxFuture, LogLine};
 
 struct Fake {
     actions: Mutex<Vec<String>>,
@@ -79,10 +79,8 @@ impl Backend for Fake {
     fn install_certificate(&self, _: String, _: String) -> Result<String, ActionError> {
         Err(ActionError::Invalid("not in tests".into()))
     }
-    fn certificate(&self) -> tls::CertInfo {
-        tls::CertInfo {
-            cert_path: "c".into(),
-            key_path: "k".into(),
+    fn certificate(&self) -> crate::CertificateView {
+        crate::CertificateView {
             fingerprint_sha256: "AA".into(),
             not_after: 0,
             generated: true,
