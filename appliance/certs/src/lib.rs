@@ -350,8 +350,42 @@ fn client_config(fingerprint: Option<String>) -> rustls::ClientConfig {
     cfg
 }
 
-/// The words a pin mismatch is reported with, for callers to recognise it.
-pub const PIN_MISMATCH: &str = "does not match the pinned fingerprint";
+/// The server's certificate is not the pinned one. Carried inside the TLS
+/// error, so callers recognise it by type ([`is_pin_mismatch`]), not by
+/// reading a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("certificate {got} does not match the pinned fingerprint {want}")]
+pub struct PinMismatch {
+    pub got: String,
+    pub want: String,
+}
+
+/// Whether `e`, or any error it wraps (through a TLS or I/O error too), is
+/// a [`PinMismatch`].
+pub fn is_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<PinMismatch>().is_some() {
+            return true;
+        }
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            let inner: &(dyn std::error::Error + 'static) = &*o.0;
+            if is_pin_mismatch(inner) {
+                return true;
+            }
+        }
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if is_pin_mismatch(inner) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
 
 #[derive(Debug)]
 struct Pinned {
@@ -371,8 +405,11 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let got = fingerprint(end_entity);
         match &self.fingerprint {
-            Some(want) if *want != got => Err(rustls::Error::General(format!(
-                "certificate {got} {PIN_MISMATCH} {want}"
+            Some(want) if *want != got => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(std::sync::Arc::new(PinMismatch {
+                    got,
+                    want: want.clone(),
+                })),
             ))),
             _ => Ok(rustls::client::danger::ServerCertVerified::assertion()),
         }

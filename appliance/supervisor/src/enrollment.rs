@@ -202,7 +202,7 @@ pub async fn exchange(
         .await
         .map_err(|e| {
             let chain = error_chain(&e);
-            if chain.contains(appliance_certs::PIN_MISMATCH) {
+            if appliance_certs::is_pin_mismatch(&e) {
                 EnrollError::PinMismatch {
                     ops: ops.to_string(),
                     chain,
