@@ -102,7 +102,10 @@ async fn security_headers(mut res: Response) -> Response {
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not "no-referrer": with it, browsers send `Origin: null` on the
+    // page's own form posts, and the same-origin check refuses "null".
+    // "same-origin" still tells other sites nothing.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Everything is same-origin; inline styles only, no inline scripts but
     // the one small graph script, allowed by its hash-free 'self' file.

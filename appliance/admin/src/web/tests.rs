@@ -203,6 +203,12 @@ async fn every_route_needs_a_session_but_the_public_ones() {
     for path in ["/healthz", "/metrics", "/login"] {
         assert_eq!(send(&app, "GET", path, None, "", &[]).await.0, StatusCode::OK, "{path}");
     }
+    // Browsers send the page's own origin on its form posts only when the
+    // referrer policy allows it ("no-referrer" makes them send "null",
+    // which the same-origin check refuses).
+    let (_, headers, _) = send(&app, "GET", "/login", None, "", &[]).await;
+    assert_eq!(headers.get(header::REFERRER_POLICY).unwrap(), "same-origin");
+    assert_eq!(headers.get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
     // A made-up or expired cookie is no session.
     assert_eq!(
         send(&app, "GET", "/api/v1/status", Some("deadbeef"), "", &[]).await.0,
