@@ -298,10 +298,15 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
 
     // --- nginx health check fails (500): restart after the threshold -------
     let inv = vm.prop("nginx", "InvocationID");
-    vm.run("printf 'return 500 \"broken\\\\n\";\\n' > /etc/nginx/lab-health.conf && systemctl reload nginx");
+    // The check that the reload broke it runs in the same SSH session: a
+    // second session takes seconds under TCG, by which time the supervisor
+    // may already be restarting nginx (nothing listens for a moment).
     let t0 = Instant::now();
     assert_eq!(
-        vm.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/health"),
+        vm.run(
+            "printf 'return 500 \"broken\\\\n\";\\n' > /etc/nginx/lab-health.conf && systemctl reload nginx \
+             && curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/health"
+        ),
         "500"
     );
     let s = wait_for("nginx restarted by the supervisor", T, || {
