@@ -15,10 +15,12 @@
 //! lengths and hashes come from signed targets metadata, and a target is
 //! used only after its full length and SHA-256 matched.
 
+pub mod download;
 pub mod manifest;
 pub mod policy;
 pub mod publish;
 pub mod repo;
+pub mod transport;
 pub mod window;
 
 use tough::schema::RoleType;
@@ -100,6 +102,18 @@ impl From<tough::error::Error> for UpdateError {
     fn from(e: tough::error::Error) -> UpdateError {
         use tough::error::Error as E;
         let detail = e.to_string();
+        // A hash or size check that fails while streaming reaches us
+        // wrapped in a transport error; what counts is the check.
+        if let E::Transport { source, .. } = &e {
+            let mut inner: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(source);
+            while let Some(err) = inner {
+                match err.downcast_ref::<E>() {
+                    Some(E::HashMismatch { .. }) => return UpdateError::Mismatch(detail),
+                    Some(E::MaxSizeExceeded { .. }) => return UpdateError::TooLarge(detail),
+                    _ => inner = err.source(),
+                }
+            }
+        }
         match e {
             E::ExpiredMetadata { role, .. } => UpdateError::Expired { role: role_name(role) },
             E::VerifyMetadata { role, source, .. } => UpdateError::Signature {

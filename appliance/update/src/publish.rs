@@ -421,6 +421,31 @@ impl Publisher {
         new_target: Option<(String, PathBuf)>,
         now: Timestamp,
     ) -> Result<(), UpdateError> {
+        manifest.check()?;
+        self.write_bytes(current, &manifest.to_json(), new_target, now).await
+    }
+
+    /// Publishes manifest bytes as they are, unchecked: only for tests
+    /// that need what a hostile publisher holding the online keys could
+    /// write.
+    #[doc(hidden)]
+    pub async fn publish_unchecked(
+        &self,
+        manifest_json: &[u8],
+        new_target: Option<(String, PathBuf)>,
+    ) -> Result<(), UpdateError> {
+        let (repo, _) = self.load().await?;
+        self.write_bytes(Some(repo), manifest_json, new_target, Timestamp::now())
+            .await
+    }
+
+    async fn write_bytes(
+        &self,
+        current: Option<tough::Repository>,
+        manifest_json: &[u8],
+        new_target: Option<(String, PathBuf)>,
+        now: Timestamp,
+    ) -> Result<(), UpdateError> {
         let root_path = self.metadata().join("root.json");
         let (mut editor, next) = match current {
             Some(repo) => {
@@ -439,7 +464,7 @@ impl Publisher {
         };
         let scratch = tempdir_in(&self.dir)?;
         let manifest_path = scratch.path().join(MANIFEST_TARGET);
-        std::fs::write(&manifest_path, manifest.to_json()).map_err(UpdateError::io("writing the manifest"))?;
+        std::fs::write(&manifest_path, manifest_json).map_err(UpdateError::io("writing the manifest"))?;
         let mut files: Vec<(TargetName, PathBuf)> = vec![(TargetName::new(MANIFEST_TARGET)?, manifest_path)];
         if let Some((name, path)) = new_target {
             files.push((TargetName::new(name)?, path));
