@@ -60,6 +60,11 @@ pub struct Config {
     /// count as future-dated.
     #[serde(default = "default_clock_skew", with = "humantime_serde_compat")]
     pub clock_skew: Duration,
+    /// A TUF repository made with `appliance-ops release`, served at
+    /// `/updates/metadata/` and `/updates/targets/` (static files; any web
+    /// server or CDN could serve the same directory).
+    #[serde(default)]
+    pub update_repository: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -114,6 +119,15 @@ impl Config {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             c.state_dir = base.join(&c.state_dir);
+        }
+        if let Some(r) = c.update_repository.as_mut()
+            && r.is_relative()
+        {
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            *r = base.join(&*r);
         }
         if c.report_interval < Duration::from_secs(1) {
             return Err(format!("{}: report_interval: must be at least 1s", path.display()));
@@ -209,8 +223,16 @@ fn now() -> i64 {
 /// The largest report body ops takes.
 pub const REPORT_BODY_LIMIT: usize = 32 << 20;
 
-pub fn router(state: OpsState) -> Router {
-    Router::new()
+pub fn router(state: OpsState, update_repository: Option<&std::path::Path>) -> Router {
+    let mut r = Router::new();
+    if let Some(dir) = update_repository {
+        // Static files with Range support (nodes resume downloads); no
+        // directory listings, nothing outside the two folders.
+        r = r
+            .nest_service("/updates/metadata", tower_http::services::ServeDir::new(dir.join("metadata")))
+            .nest_service("/updates/targets", tower_http::services::ServeDir::new(dir.join("targets")));
+    }
+    r
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/enroll", post(enroll))
         .route(

@@ -13,6 +13,8 @@ use appliance_usage::Month;
 use appliance_usage::Token;
 use clap::{Parser, Subcommand};
 
+mod release;
+
 #[derive(Parser)]
 #[command(
     name = "appliance-ops",
@@ -60,6 +62,11 @@ enum Command {
         #[arg(long)]
         node: String,
     },
+    /// The signed update repository (needs no ops config).
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +86,19 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    if let Command::Release { command } = cli.command {
+        return match release::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                if e.downcast_ref::<Usage>().is_some() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+        };
+    }
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -149,6 +169,7 @@ fn printable(s: &str) -> String {
 fn run(cmd: Command, cfg: Config) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cmd {
+        Command::Release { .. } => unreachable!("handled before the config is read"),
         Command::Serve => serve(cfg),
         Command::Token {
             command: TokenCommand::Create { node, expires },
@@ -309,11 +330,14 @@ fn serve(cfg: Config) -> Result<()> {
     rt.block_on(async move {
         let tls = appliance_certs::server::tls_from_files(&cert.cert_path, &cert.key_path)
             .map_err(|e| anyhow::anyhow!("ops certificate: {e}"))?;
-        let app = appliance_ops::router(OpsState {
-            store: Arc::new(Mutex::new(store)),
-            report_interval: cfg.report_interval,
-            limits: cfg.limits(),
-        });
+        let app = appliance_ops::router(
+            OpsState {
+                store: Arc::new(Mutex::new(store)),
+                report_interval: cfg.report_interval,
+                limits: cfg.limits(),
+            },
+            cfg.update_repository.as_deref(),
+        );
         log::info!(
             "global ops listening on https://{} (public URL {})",
             cfg.listen,
