@@ -229,11 +229,16 @@ pub fn router(state: OpsState, update_repository: Option<&std::path::Path>) -> R
         // Static files with Range support (nodes resume downloads); no
         // directory listings, nothing outside the two folders.
         r = r
-            .nest_service("/updates/metadata", tower_http::services::ServeDir::new(dir.join("metadata")))
-            .nest_service("/updates/targets", tower_http::services::ServeDir::new(dir.join("targets")));
+            .nest_service(
+                "/updates/metadata",
+                tower_http::services::ServeDir::new(dir.join("metadata")),
+            )
+            .nest_service(
+                "/updates/targets",
+                tower_http::services::ServeDir::new(dir.join("targets")),
+            );
     }
-    r
-        .route("/healthz", get(|| async { "ok\n" }))
+    r.route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/enroll", post(enroll))
         .route(
             "/api/v1/reports",

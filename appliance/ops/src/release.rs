@@ -129,9 +129,11 @@ fn read(p: &Path) -> Result<Vec<u8>> {
 }
 
 fn parse_wave(s: &str) -> Result<Wave> {
-    let (start, pct) = s
-        .rsplit_once('=')
-        .ok_or_else(|| Usage(format!("--wave {s:?}: write START=PERCENT, e.g. 2026-12-01T02:00:00Z=10")))?;
+    let (start, pct) = s.rsplit_once('=').ok_or_else(|| {
+        Usage(format!(
+            "--wave {s:?}: write START=PERCENT, e.g. 2026-12-01T02:00:00Z=10"
+        ))
+    })?;
     let start: Timestamp = start
         .parse()
         .map_err(|e| Usage(format!("--wave {s:?}: start {start:?}: {e}")))?;
@@ -194,7 +196,10 @@ async fn run_async(cmd: ReleaseCommand) -> Result<()> {
         ReleaseCommand::Keygen { out } => {
             let id = generate_key(&out)?;
             println!("key {id}");
-            println!("private: {} (keep it where only its holders can read it)", out.display());
+            println!(
+                "private: {} (keep it where only its holders can read it)",
+                out.display()
+            );
             println!("public:  {}", public_key_path(&out).display());
             Ok(())
         }
@@ -259,7 +264,9 @@ async fn run_async(cmd: ReleaseCommand) -> Result<()> {
                 waves,
                 notes,
             };
-            let p = Publisher { dir: repo, keys }.add_release(release, &tarball, None).await?;
+            let p = Publisher { dir: repo, keys }
+                .add_release(release, &tarball, None)
+                .await?;
             print(&p, false)
         }
         ReleaseCommand::Ceiling {
@@ -284,7 +291,12 @@ async fn run_async(cmd: ReleaseCommand) -> Result<()> {
             print(&p, false)
         }
         ReleaseCommand::List { repo, json } => {
-            let p = Publisher { dir: repo, keys: vec![] }.list().await?;
+            let p = Publisher {
+                dir: repo,
+                keys: vec![],
+            }
+            .list()
+            .await?;
             print(&p, json)
         }
     }

@@ -40,6 +40,9 @@ pub struct Config {
     pub alerts: AlertConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Signed updates of the supervisor; off without `[update] root`.
+    #[serde(default)]
+    pub update: UpdateConfig,
     /// The file this was read from (not a key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -94,6 +97,53 @@ mod opt_duration {
         humantime::parse_duration(&s)
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"1s\", \"5m\"")))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// The TUF root.json this node trusts first (shipped with the image).
+    /// Updates are off while unset.
+    pub root: Option<PathBuf>,
+    /// The repository's base URL (holding `metadata/` and `targets/`);
+    /// ops's `/updates/` once enrolled when unset.
+    pub repository: Option<String>,
+    pub channel: String,
+    /// How often to look for a release; a random tenth is added or taken
+    /// away each time so that a fleet does not ask at once.
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub check_interval: Duration,
+    /// Local time, HH:MM-HH:MM (may cross midnight).
+    pub window: String,
+    /// The zone `window` is read in (e.g. Europe/London).
+    pub timezone: String,
+    /// Download cap in bytes per second (0: none).
+    pub max_bytes_per_second: u64,
+    /// The longest a download may take, retries included.
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub download_deadline: Duration,
+    /// How long a new version has to pass its health checks.
+    #[serde(with = "appliance_monitor::serde_duration")]
+    pub health_deadline: Duration,
+    /// Installed versions; `<state_dir>/releases` when unset.
+    pub releases_dir: Option<PathBuf>,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            root: None,
+            repository: None,
+            channel: "stable".into(),
+            check_interval: Duration::from_secs(4 * 3600),
+            window: "02:00-05:00".into(),
+            timezone: "UTC".into(),
+            max_bytes_per_second: 0,
+            download_deadline: Duration::from_secs(3600),
+            health_deadline: Duration::from_secs(120),
+            releases_dir: None,
+        }
     }
 }
 
@@ -343,6 +393,12 @@ impl Config {
         if let Some(p) = &mut self.services.recipe {
             abs(p);
         }
+        if let Some(p) = &mut self.update.root {
+            abs(p);
+        }
+        if let Some(p) = &mut self.update.releases_dir {
+            abs(p);
+        }
         if let Some(b) = &mut self.bbb {
             if let Some(p) = &mut b.secret_file {
                 abs(p);
@@ -411,6 +467,33 @@ impl Config {
                 return e("bbb.poll_interval", "must be at least 100ms".into());
             }
         }
+        if let Err(w) = appliance_update::manifest::check_channel(&self.update.channel) {
+            return e("update.channel", w.to_string());
+        }
+        if let Err(w) = appliance_update::window::Window::parse(&self.update.window, &self.update.timezone) {
+            let key = if matches!(w, appliance_update::window::WindowError::Zone(_)) {
+                "update.timezone"
+            } else {
+                "update.window"
+            };
+            return e(key, w.to_string());
+        }
+        if self.update.check_interval < Duration::from_secs(60) {
+            return e("update.check_interval", "must be at least 1m".into());
+        }
+        if let Some(r) = &self.update.repository
+            && !(r.starts_with("https://") || r.starts_with("file://"))
+        {
+            return e(
+                "update.repository",
+                format!("{r:?} must start with https:// or file://"),
+            );
+        }
+        if let Some(root) = &self.update.root
+            && let Err(err) = fs::read(root)
+        {
+            return e("update.root", format!("{} is not readable: {err}", root.display()));
+        }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             return e(
                 "log.level",
@@ -465,6 +548,13 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "appliance".into())
         })
+    }
+
+    pub fn releases_dir(&self) -> PathBuf {
+        self.update
+            .releases_dir
+            .clone()
+            .unwrap_or_else(|| self.node.state_dir.join("releases"))
     }
 
     pub fn control_socket(&self) -> PathBuf {

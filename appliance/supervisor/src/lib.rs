@@ -16,3 +16,4 @@ pub mod outbox;
 pub mod reports;
 pub mod run;
 pub mod state;
+pub mod update;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use appliance_monitor::collector::Collector;
 use appliance_monitor::{Roots, StatVfs, profile, sysfs};
 use appliance_supervisor::config::{self, Config};
-use appliance_supervisor::{control, logging, run, state};
+use appliance_supervisor::{control, logging, run, state, update};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -74,6 +74,48 @@ enum Command {
     /// First-boot duties, run as root before BBB starts: replace BBB's
     /// default shared secret and write it where the supervisor reads it.
     Firstboot,
+    /// Signed updates of the supervisor.
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Verify the repository and say what would be installed.
+    Check {
+        /// A copy of the repository (a USB stick): the directory holding
+        /// metadata/ and targets/.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Accept expired metadata (only with --from; signatures, hashes
+        /// and the version floor still hold).
+        #[arg(long, requires = "from")]
+        allow_expired: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download, verify, unpack and switch to the release for this node.
+    Apply {
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long, requires = "from")]
+        allow_expired: bool,
+        /// Install now, outside the maintenance window.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Installed versions, the version on probation, the last result.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return to the previous version and mark the one on probation bad.
+    Rollback {
+        #[arg(long, default_value = "rolled back by an operator")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +154,23 @@ fn main() -> ExitCode {
         Command::Firstboot => firstboot(&cfg),
         Command::Console { once, qr } => console(&cfg, once, qr),
         Command::Enroll { ops, token, force } => enroll(&cfg.control_socket(), ops, token, force),
+        Command::Update { command } => {
+            logging::init(cfg.log_level());
+            match command {
+                UpdateCommand::Check {
+                    from,
+                    allow_expired,
+                    json,
+                } => update::check(&cfg, from.as_deref(), allow_expired, json),
+                UpdateCommand::Apply {
+                    from,
+                    allow_expired,
+                    now,
+                } => update::apply(&cfg, from.as_deref(), now, allow_expired),
+                UpdateCommand::Status { json } => update::status(&cfg, json),
+                UpdateCommand::Rollback { reason } => update::rollback(&cfg, &reason),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

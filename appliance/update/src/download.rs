@@ -50,8 +50,8 @@ pub struct Progress {
     pub attempts: u32,
 }
 
-/// A test hook: the download stops (as a crash would) once this many bytes
-/// of the target are on disk. Set through `APPLIANCE_UPDATE_FAIL_AT_BYTE`
+/// A test hook: the process aborts (a crash) once this many bytes of the
+/// target are on disk. Set through `APPLIANCE_UPDATE_FAIL_AT_BYTE`
 /// only by the crash tests.
 fn fail_at_byte() -> Option<u64> {
     std::env::var("APPLIANCE_UPDATE_FAIL_AT_BYTE").ok()?.parse().ok()
@@ -196,7 +196,13 @@ impl Downloader {
                     f.seek(std::io::SeekFrom::Start(have))
                         .await
                         .map_err(UpdateError::io(format!("seeking in {}", path.display())))?;
-                    Box::pin(tokio_util_like::read_stream(f))
+                    // Small reads under a bandwidth cap keep the pacing smooth.
+                    let chunk = if self.limits.rate.is_some() {
+                        16 * 1024
+                    } else {
+                        256 * 1024
+                    };
+                    Box::pin(tokio_util_like::read_stream(f, chunk))
                 }
                 "http" | "https" => {
                     let mut req = self.client.get(t.url.clone());
@@ -284,7 +290,8 @@ impl Downloader {
                         .await
                         .map_err(UpdateError::io("writing"))?;
                     file.flush().await.map_err(UpdateError::io("writing"))?;
-                    return Err(UpdateError::Repository(format!("test hook: stopped at byte {n}")));
+                    eprintln!("crash test: aborting at byte {n} of the download");
+                    std::process::abort();
                 }
                 _ => chunk,
             };
@@ -387,10 +394,10 @@ mod tokio_util_like {
     use tokio::io::AsyncReadExt;
 
     /// A file as a stream of chunks, the same shape as an HTTP body.
-    pub fn read_stream(f: tokio::fs::File) -> impl Stream<Item = Result<bytes::Bytes, String>> + Send {
-        futures_util::stream::unfold(Some(f), |f| async move {
+    pub fn read_stream(f: tokio::fs::File, chunk: usize) -> impl Stream<Item = Result<bytes::Bytes, String>> + Send {
+        futures_util::stream::unfold(Some(f), move |f| async move {
             let mut f = f?;
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut buf = vec![0u8; chunk];
             match f.read(&mut buf).await {
                 Ok(0) => None,
                 Ok(n) => {

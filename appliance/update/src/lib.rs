@@ -16,11 +16,13 @@
 //! used only after its full length and SHA-256 matched.
 
 pub mod download;
+pub mod install;
 pub mod manifest;
 pub mod policy;
 pub mod publish;
 pub mod repo;
 pub mod transport;
+pub mod updater;
 pub mod window;
 
 use tough::schema::RoleType;

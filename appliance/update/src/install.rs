@@ -1,0 +1,568 @@
+//! Installed versions of the supervisor, and the switch between them.
+//!
+//! Layout of the releases directory:
+//!
+//! ```text
+//! releases/
+//!   0.2.0/appliance      one directory per version, complete before it has its name
+//!   0.3.0/appliance
+//!   current -> 0.3.0     what the unit runs (ExecStart=releases/current/appliance)
+//!   previous -> 0.2.0    the known-good version a rollback returns to
+//!   state.json           floor, versions marked bad, the pending trial, last result
+//! ```
+//!
+//! Every step is a rename of something complete (a directory, a symlink,
+//! `state.json`), synced with its directory, so a crash at any point
+//! leaves `current` pointing at a complete version. The order of the steps
+//! (`state.json` names the trial before `current` moves) lets the next
+//! start tell a switch that happened from one that did not.
+//!
+//! The decisions (what a start means, what commit and rollback change) are
+//! pure functions of `State`; this module's I/O only carries them out.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use jiff::Timestamp;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::UpdateError;
+use crate::repo::write_atomically;
+
+/// The supervisor's file inside a release.
+pub const BINARY: &str = "appliance";
+/// Bounds on what a release tarball may unpack to.
+pub const MAX_UNPACKED_BYTES: u64 = 512 << 20;
+pub const MAX_ENTRIES: usize = 64;
+/// Starts of a trial version before it counts as failed without ever
+/// reporting healthy (a loop breaker, as Mender's).
+pub const MAX_TRIAL_STARTS: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// This node's place in every rollout (see `policy::POSITIONS`), drawn
+    /// once at random.
+    #[serde(default = "random_position")]
+    pub position: u16,
+    /// Nothing older is installed unless the signed ceiling says so.
+    pub floor: Option<Version>,
+    #[serde(default)]
+    pub bad: BTreeSet<Version>,
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    #[serde(default)]
+    pub last: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    pub version: Version,
+    pub from: Version,
+    pub since: Timestamp,
+    /// Starts of `version` so far.
+    #[serde(default)]
+    pub starts: u32,
+    /// A deliberate downgrade (signed ceiling): the floor follows it down.
+    #[serde(default)]
+    pub downgrade: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub at: Timestamp,
+    pub version: Version,
+    pub result: Result_,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Result_ {
+    /// Switched to and committed after its health checks passed.
+    Installed,
+    /// Switched to, failed, switched back; marked bad.
+    RolledBack,
+    /// Never switched to (download, verification, unpacking).
+    Failed,
+}
+
+/// What a supervisor that just started should do about updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnStart {
+    /// No trial going on.
+    Normal,
+    /// This is the trial: check health, then `commit` (or `rollback`).
+    Trial { version: Version },
+    /// The trial started too often without becoming healthy.
+    RollBack { version: Version, reason: String },
+    /// A switch was begun but did not happen (a crash in between).
+    Interrupted { version: Version },
+}
+
+impl State {
+    pub fn new(running: &Version) -> State {
+        State {
+            position: random_position(),
+            floor: Some(running.clone()),
+            bad: BTreeSet::new(),
+            pending: None,
+            last: None,
+        }
+    }
+
+    pub fn floor_or<'a>(&'a self, running: &'a Version) -> &'a Version {
+        self.floor.as_ref().unwrap_or(running)
+    }
+
+    /// Pure: what a start of `running` means, and the state to write
+    /// before doing anything else.
+    pub fn on_start(&self, running: &Version, now: Timestamp) -> (State, OnStart) {
+        let mut s = self.clone();
+        let Some(p) = self.pending.clone() else {
+            return (s, OnStart::Normal);
+        };
+        if *running != p.version {
+            s.pending = None;
+            s.last = Some(Outcome {
+                at: now,
+                version: p.version.clone(),
+                result: Result_::Failed,
+                reason: format!("the switch to {} was interrupted; {running} kept running", p.version),
+            });
+            return (s, OnStart::Interrupted { version: p.version });
+        }
+        let starts = p.starts + 1;
+        s.pending = Some(Pending { starts, ..p.clone() });
+        if starts > MAX_TRIAL_STARTS {
+            return (
+                s,
+                OnStart::RollBack {
+                    version: p.version,
+                    reason: format!("started {} times without passing its health checks", starts - 1),
+                },
+            );
+        }
+        (s, OnStart::Trial { version: p.version })
+    }
+
+    /// Pure: the trial passed.
+    pub fn committed(&self, now: Timestamp) -> State {
+        let mut s = self.clone();
+        if let Some(p) = s.pending.take() {
+            s.floor = Some(match (&self.floor, p.downgrade) {
+                (Some(f), false) if *f > p.version => f.clone(),
+                _ => p.version.clone(),
+            });
+            s.last = Some(Outcome {
+                at: now,
+                version: p.version,
+                result: Result_::Installed,
+                reason: String::new(),
+            });
+        }
+        s
+    }
+
+    /// Pure: the trial failed; back to `from`, never again `version`.
+    pub fn rolled_back(&self, reason: &str, now: Timestamp) -> State {
+        let mut s = self.clone();
+        if let Some(p) = s.pending.take() {
+            s.bad.insert(p.version.clone());
+            s.last = Some(Outcome {
+                at: now,
+                version: p.version,
+                result: Result_::RolledBack,
+                reason: reason.to_string(),
+            });
+        }
+        s
+    }
+}
+
+fn random_position() -> u16 {
+    let mut b = [0u8; 2];
+    aws_lc_rs::rand::fill(&mut b).expect("the system's random source");
+    u16::from_le_bytes(b) % crate::policy::POSITIONS
+}
+
+/// Crash-test hook: the process aborts at the named step when
+/// `APPLIANCE_UPDATE_CRASH_AT` names it. Only the crash matrix sets it.
+pub fn crash_point(step: &str) {
+    if std::env::var("APPLIANCE_UPDATE_CRASH_AT").is_ok_and(|s| s == step) {
+        eprintln!("crash test: aborting at {step}");
+        std::process::abort();
+    }
+}
+
+/// The steps `crash_point` knows, in order.
+pub const CRASH_STEPS: &[&str] = &[
+    "unpack-started",
+    "unpack-written",
+    "unpacked",
+    "pending-written",
+    "previous-switched",
+    "current-switched",
+];
+
+#[derive(Debug, Clone)]
+pub struct Releases {
+    dir: PathBuf,
+}
+
+impl Releases {
+    pub fn new(dir: impl Into<PathBuf>) -> Releases {
+        Releases { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn read_state(&self, running: &Version) -> Result<State, UpdateError> {
+        match std::fs::read(self.state_path()) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                UpdateError::Repository(format!(
+                    "{} is damaged ({e}); it is only ever replaced whole, so this is not a torn write",
+                    self.state_path().display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::new(running)),
+            Err(e) => Err(UpdateError::io(format!("reading {}", self.state_path().display()))(e)),
+        }
+    }
+
+    pub fn write_state(&self, s: &State) -> Result<(), UpdateError> {
+        std::fs::create_dir_all(&self.dir).map_err(UpdateError::io(format!("creating {}", self.dir.display())))?;
+        let mut bytes = serde_json::to_vec_pretty(s).expect("state serializes");
+        bytes.push(b'\n');
+        write_atomically(&self.state_path(), &bytes)
+    }
+
+    /// The version a symlink (`current`, `previous`) points at.
+    pub fn link(&self, name: &str) -> Option<Version> {
+        let target = std::fs::read_link(self.dir.join(name)).ok()?;
+        target.to_str()?.parse().ok()
+    }
+
+    pub fn binary(&self, v: &Version) -> PathBuf {
+        self.dir.join(v.to_string()).join(BINARY)
+    }
+
+    /// Unpacks a verified tarball into `releases/VERSION/`, which appears
+    /// under that name only once complete and synced.
+    pub fn unpack(&self, tarball: &Path, version: &Version) -> Result<PathBuf, UpdateError> {
+        crash_point("unpack-started");
+        let final_dir = self.dir.join(version.to_string());
+        if self.link("current").as_ref() == Some(version) {
+            return Err(UpdateError::Repository(format!("{version} is the running version")));
+        }
+        let tmp = self.dir.join(format!(".unpack-{version}"));
+        remove_all(&tmp)?;
+        std::fs::create_dir_all(&tmp).map_err(UpdateError::io(format!("creating {}", tmp.display())))?;
+        let f = std::fs::File::open(tarball).map_err(UpdateError::io(format!("opening {}", tarball.display())))?;
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        let bad = |why: String| UpdateError::Target {
+            name: tarball.display().to_string(),
+            detail: why,
+        };
+        let mut total = 0u64;
+        let mut entries = 0usize;
+        let mut has_binary = false;
+        let mut written = Vec::new();
+        for entry in ar.entries().map_err(|e| bad(format!("not a .tar.gz: {e}")))? {
+            let mut entry = entry.map_err(|e| bad(format!("damaged archive: {e}")))?;
+            entries += 1;
+            if entries > MAX_ENTRIES {
+                return Err(bad(format!("more than {MAX_ENTRIES} entries")));
+            }
+            let path = entry.path().map_err(|e| bad(format!("entry name: {e}")))?.into_owned();
+            let rel: PathBuf = path.components().filter(|c| *c != Component::CurDir).collect();
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+                return Err(bad(format!("entry {} leaves the release directory", path.display())));
+            }
+            let kind = entry.header().entry_type();
+            let out = tmp.join(&rel);
+            if kind.is_dir() {
+                std::fs::create_dir_all(&out).map_err(UpdateError::io(format!("creating {}", out.display())))?;
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(bad(format!("entry {} is not a plain file ({kind:?})", path.display())));
+            }
+            let size = entry.size();
+            total += size;
+            if total > MAX_UNPACKED_BYTES {
+                return Err(bad(format!("unpacks to more than {MAX_UNPACKED_BYTES} bytes")));
+            }
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent).map_err(UpdateError::io(format!("creating {}", parent.display())))?;
+            }
+            let mut file =
+                std::fs::File::create(&out).map_err(UpdateError::io(format!("creating {}", out.display())))?;
+            let copied = std::io::copy(&mut (&mut entry).take(size + 1), &mut file)
+                .map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
+            if copied != size {
+                return Err(bad(format!("entry {} is shorter than its header says", path.display())));
+            }
+            let executable = rel == Path::new(BINARY);
+            let mode = if executable { 0o755 } else { 0o644 };
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .and_then(|()| file.sync_all())
+                .map_err(UpdateError::io(format!("writing {}", out.display())))?;
+            has_binary |= executable;
+            written.push(out);
+        }
+        if !has_binary {
+            return Err(bad(format!("no `{BINARY}` at the top of the archive")));
+        }
+        crash_point("unpack-written");
+        for d in dirs_of(&tmp, &written) {
+            sync(&d)?;
+        }
+        remove_all(&final_dir)?;
+        std::fs::rename(&tmp, &final_dir).map_err(UpdateError::io(format!("renaming to {}", final_dir.display())))?;
+        sync(&self.dir)?;
+        crash_point("unpacked");
+        Ok(final_dir)
+    }
+
+    /// Moves `current` to `version` (unpacked before), keeping the old one
+    /// as `previous`, with the trial named in `state.json` first.
+    pub fn switch(
+        &self,
+        state: &State,
+        version: &Version,
+        downgrade: bool,
+        now: Timestamp,
+    ) -> Result<State, UpdateError> {
+        let from = self
+            .link("current")
+            .ok_or_else(|| UpdateError::Repository(format!("{}/current is not a version link", self.dir.display())))?;
+        if !is_executable(&self.binary(version)) {
+            return Err(UpdateError::Repository(format!(
+                "{} is not installed",
+                self.binary(version).display()
+            )));
+        }
+        let mut s = state.clone();
+        s.pending = Some(Pending {
+            version: version.clone(),
+            from: from.clone(),
+            since: now,
+            starts: 0,
+            downgrade,
+        });
+        self.write_state(&s)?;
+        crash_point("pending-written");
+        self.set_link("previous", &from)?;
+        crash_point("previous-switched");
+        self.set_link("current", version)?;
+        crash_point("current-switched");
+        Ok(s)
+    }
+
+    /// Back to `previous` (what a rollback does), marking the trial bad.
+    pub fn roll_back(&self, state: &State, reason: &str, now: Timestamp) -> Result<State, UpdateError> {
+        let prev = self
+            .link("previous")
+            .ok_or_else(|| UpdateError::Repository("no previous version to go back to".into()))?;
+        if !is_executable(&self.binary(&prev)) {
+            return Err(UpdateError::Repository(format!(
+                "the previous version's {} is missing",
+                self.binary(&prev).display()
+            )));
+        }
+        let s = state.rolled_back(reason, now);
+        // The link first: a crash after it and before the state leaves the
+        // old version running with a pending trial that `on_start` reads
+        // as interrupted, never the bad version running as committed.
+        self.set_link("current", &prev)?;
+        self.write_state(&s)?;
+        Ok(s)
+    }
+
+    /// Adopts a version installed some other way (the image, a package)
+    /// as the first `current`.
+    pub fn adopt(&self, version: &Version, binary: &Path) -> Result<(), UpdateError> {
+        let dir = self.dir.join(version.to_string());
+        if !is_executable(&dir.join(BINARY)) {
+            let tmp = self.dir.join(format!(".adopt-{version}"));
+            remove_all(&tmp)?;
+            std::fs::create_dir_all(&tmp).map_err(UpdateError::io(format!("creating {}", tmp.display())))?;
+            let out = tmp.join(BINARY);
+            std::fs::copy(binary, &out).map_err(UpdateError::io(format!("copying {}", binary.display())))?;
+            std::fs::File::open(&out)
+                .and_then(|f| {
+                    f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+                    f.sync_all()
+                })
+                .map_err(UpdateError::io(format!("writing {}", out.display())))?;
+            sync(&tmp)?;
+            remove_all(&dir)?;
+            std::fs::rename(&tmp, &dir).map_err(UpdateError::io(format!("renaming to {}", dir.display())))?;
+        }
+        if self.link("current").is_none() {
+            self.set_link("current", version)?;
+        }
+        Ok(())
+    }
+
+    /// Removes versions other than current and previous, and leftovers of
+    /// interrupted unpacking.
+    pub fn prune(&self) -> Result<Vec<String>, UpdateError> {
+        let keep: Vec<String> = ["current", "previous"]
+            .iter()
+            .filter_map(|l| self.link(l).map(|v| v.to_string()))
+            .collect();
+        let mut removed = Vec::new();
+        let rd = std::fs::read_dir(&self.dir).map_err(UpdateError::io(format!("reading {}", self.dir.display())))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_version = name.parse::<Version>().is_ok();
+            let leftover = name.starts_with(".unpack-") || name.starts_with(".adopt-");
+            if (is_version && !keep.contains(&name)) || leftover {
+                remove_all(&e.path())?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn set_link(&self, name: &str, v: &Version) -> Result<(), UpdateError> {
+        let tmp = self.dir.join(format!(".{name}.new"));
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(UpdateError::io(format!("removing {}", tmp.display()))(e)),
+        }
+        symlink(v.to_string(), &tmp).map_err(UpdateError::io(format!("creating {}", tmp.display())))?;
+        std::fs::rename(&tmp, self.dir.join(name)).map_err(UpdateError::io(format!("switching {name}")))?;
+        sync(&self.dir)
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn remove_all(p: &Path) -> Result<(), UpdateError> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(UpdateError::io(format!("removing {}", p.display()))(e)),
+    }
+}
+
+fn sync(d: &Path) -> Result<(), UpdateError> {
+    std::fs::File::open(d)
+        .and_then(|f| f.sync_all())
+        .map_err(UpdateError::io(format!("syncing {}", d.display())))
+}
+
+/// `root` and every directory holding one of `files`, deepest first.
+fn dirs_of(root: &Path, files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for f in files {
+        let mut p = f.parent();
+        while let Some(d) = p {
+            if !d.starts_with(root) {
+                break;
+            }
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    dirs.insert(root.to_path_buf());
+    let mut v: Vec<PathBuf> = dirs.into_iter().collect();
+    v.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+    fn pending(ver: &str, from: &str, starts: u32) -> State {
+        State {
+            position: 0,
+            floor: Some(v(from)),
+            bad: BTreeSet::new(),
+            pending: Some(Pending {
+                version: v(ver),
+                from: v(from),
+                since: t("2026-12-01T02:00:00Z"),
+                starts,
+                downgrade: false,
+            }),
+            last: None,
+        }
+    }
+
+    #[test]
+    fn what_a_start_means() {
+        let now = t("2026-12-01T02:05:00Z");
+        let (s, a) = State::new(&v("0.2.0")).on_start(&v("0.2.0"), now);
+        assert_eq!(a, OnStart::Normal);
+        assert_eq!(s.floor, Some(v("0.2.0")));
+
+        let (s, a) = pending("0.3.0", "0.2.0", 0).on_start(&v("0.3.0"), now);
+        assert_eq!(a, OnStart::Trial { version: v("0.3.0") });
+        assert_eq!(s.pending.unwrap().starts, 1);
+
+        let (_, a) = pending("0.3.0", "0.2.0", MAX_TRIAL_STARTS).on_start(&v("0.3.0"), now);
+        assert!(
+            matches!(a, OnStart::RollBack { ref reason, .. } if reason.contains("started 3 times")),
+            "{a:?}"
+        );
+
+        let (s, a) = pending("0.3.0", "0.2.0", 1).on_start(&v("0.2.0"), now);
+        assert_eq!(a, OnStart::Interrupted { version: v("0.3.0") });
+        assert_eq!(s.pending, None);
+        assert_eq!(s.last.unwrap().result, Result_::Failed);
+    }
+
+    #[test]
+    fn commit_raises_the_floor_and_rollback_marks_bad() {
+        let now = t("2026-12-01T02:10:00Z");
+        let s = pending("0.3.0", "0.2.0", 1).committed(now);
+        assert_eq!((s.floor.clone(), s.pending.clone()), (Some(v("0.3.0")), None));
+        assert_eq!(s.last.unwrap().result, Result_::Installed);
+
+        let s = pending("0.3.0", "0.2.0", 1).rolled_back("health: bbb does not answer", now);
+        assert_eq!(s.floor, Some(v("0.2.0")));
+        assert!(s.bad.contains(&v("0.3.0")));
+        let last = s.last.unwrap();
+        assert_eq!(
+            (last.result, last.reason.as_str()),
+            (Result_::RolledBack, "health: bbb does not answer")
+        );
+
+        // A signed downgrade lowers the floor; an ordinary commit of an
+        // older version (never planned, but) does not.
+        let mut d = pending("0.1.5", "0.2.0", 1);
+        d.pending.as_mut().unwrap().downgrade = true;
+        assert_eq!(d.committed(now).floor, Some(v("0.1.5")));
+        let o = pending("0.1.5", "0.2.0", 1);
+        assert_eq!(o.committed(now).floor, Some(v("0.2.0")));
+    }
+}

@@ -1,0 +1,457 @@
+//! Updates end to end with the real binaries: a repository made with
+//! `appliance-ops release`, a node applying it with `appliance update
+//! apply`, and what crashes at every step of download and apply leave
+//! behind.
+//!
+//! The invariant after any crash: `releases/current` names a complete
+//! version whose `appliance` is byte for byte either the version that ran
+//! before or the verified release, never anything else; and the next run
+//! completes (resuming the download where it stopped).
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance_e2e::{Box_, bin, repo_root, wait_for};
+
+const OLD: &[u8] = b"#!/bin/sh\necho 'the supervisor, version 0.1.0'\n";
+
+/// A release "binary": a script, padded with letters that do not
+/// compress, so that its target is about `pad` bytes and a throttled
+/// download of it takes long enough to be killed in the middle.
+fn release_binary(version: &str, pad: usize) -> Vec<u8> {
+    let mut b = format!("#!/bin/sh\necho 'the supervisor, version {version}'\nexit 0\n# ").into_bytes();
+    let mut x: u32 = 0x9e37_79b9;
+    b.extend((0..pad).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"[(x >> 26) as usize]
+    }));
+    b.push(b'\n');
+    b
+}
+
+fn ops(args: &[&str]) -> Output {
+    let out = Command::new(bin("appliance-ops")).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "appliance-ops {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn s(&self, rel: &str) -> String {
+        self.p(rel).display().to_string()
+    }
+
+    /// Keys, an offline-signed root, an initialized repository: what
+    /// docs/updates.md walks global ops through.
+    fn new() -> Repo {
+        let r = Repo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fs::create_dir_all(r.p("keys")).unwrap();
+        for k in ["root", "targets", "snapshot", "timestamp"] {
+            let out = ops(&["release", "keygen", "--out", &r.s(&format!("keys/{k}.pk8"))]);
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("key "));
+        }
+        ops(&[
+            "release",
+            "sign-root",
+            "--out",
+            &r.s("root.json"),
+            "--root-key",
+            &r.s("keys/root.pub.json"),
+            "--targets-key",
+            &r.s("keys/targets.pub.json"),
+            "--snapshot-key",
+            &r.s("keys/snapshot.pub.json"),
+            "--timestamp-key",
+            &r.s("keys/timestamp.pub.json"),
+            "--sign",
+            &r.s("keys/root.pk8"),
+        ]);
+        let (keys, repo, root) = (r.online(), r.s("repo"), r.s("root.json"));
+        let mut args = vec!["release", "init", "--repo", &repo, "--root", &root];
+        args.extend(keys.iter().map(String::as_str));
+        ops(&args);
+        r
+    }
+
+    fn target_len(&self, name: &str) -> u64 {
+        fs::read_dir(self.p("repo/targets"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(name))
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .len()
+    }
+
+    fn online(&self) -> Vec<String> {
+        ["targets", "snapshot", "timestamp"]
+            .iter()
+            .flat_map(|k| ["--key".to_string(), self.s(&format!("keys/{k}.pk8"))])
+            .collect()
+    }
+
+    fn add(&self, version: &str, binary: &[u8]) {
+        let tarball = self.p(&format!("appliance-{version}.tar.gz"));
+        let gz = flate2::write::GzEncoder::new(fs::File::create(&tarball).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(binary.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        tar.append_data(&mut h, "appliance", binary).unwrap();
+        tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+        let (repo, tb) = (self.s("repo"), tarball.display().to_string());
+        let mut args = vec![
+            "release",
+            "add",
+            "--repo",
+            &repo,
+            "--version",
+            version,
+            "--tarball",
+            &tb,
+        ];
+        let keys = self.online();
+        args.extend(keys.iter().map(String::as_str));
+        ops(&args);
+    }
+}
+
+struct Node {
+    _box: Box_,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Node {
+    /// A node whose installed supervisor is "0.1.0" (the `OLD` script), with
+    /// updates from the repository's root and, optionally, a download cap.
+    fn new(repo: &Repo, extra: &str) -> Node {
+        let b = Box_::recorded("no-sensors");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("appliance.toml");
+        fs::write(
+            &config,
+            format!(
+                "[node]\nname = \"n\"\nstate_dir = \"state\"\n\n[monitor]\nsysfs_root = {:?}\nprocfs_root = {:?}\n\n[hardware]\nprofiles_dir = {:?}\n\n[update]\nroot = {:?}\nwindow = \"02:00-03:00\"\n{extra}\n",
+                b.path("sys").display().to_string(),
+                b.path("proc").display().to_string(),
+                repo_root().join("hw-profiles").display().to_string(),
+                repo.s("root.json"),
+            ),
+        )
+        .unwrap();
+        let n = Node { _box: b, dir, config };
+        let v1 = n.releases().join("0.1.0");
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(v1.join("appliance"), OLD).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(v1.join("appliance"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("0.1.0", n.releases().join("current")).unwrap();
+        n
+    }
+
+    fn releases(&self) -> PathBuf {
+        self.dir.path().join("state/releases")
+    }
+
+    fn appliance(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("appliance"));
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("JOURNAL_STREAM").env_remove("APPLIANCE_UPDATE_CRASH_AT");
+        c
+    }
+
+    fn apply(&self, repo: &Repo, env: &[(&str, &str)]) -> Output {
+        self.appliance(&["update", "apply", "--now", "--from", &repo.s("repo")])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    fn current(&self) -> String {
+        fs::read_link(self.releases().join("current"))
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
+    /// The invariant: `current` is a complete version, byte for byte one
+    /// that was meant to run.
+    fn check(&self, allowed: &[(&str, &[u8])]) -> String {
+        let cur = self.current();
+        let binary = self.releases().join(&cur).join("appliance");
+        let bytes = fs::read(&binary).unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+        let (_, want) = allowed.iter().find(|(v, _)| *v == cur).unwrap_or_else(|| {
+            panic!(
+                "current -> {cur}, which is none of {:?}",
+                allowed.iter().map(|a| a.0).collect::<Vec<_>>()
+            )
+        });
+        assert!(bytes == *want, "releases/{cur}/appliance is not the verified content");
+        use std::os::unix::fs::PermissionsExt;
+        assert_ne!(fs::metadata(&binary).unwrap().permissions().mode() & 0o111, 0);
+        let out = Command::new(&binary).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("version {cur}")));
+        if let Ok(s) = fs::read(self.releases().join("state.json")) {
+            serde_json::from_slice::<serde_json::Value>(&s).expect("state.json is whole");
+        }
+        cur
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.appliance(&["update", "status", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_release_published_with_the_ops_tools_is_installed_on_probation() {
+    let repo = Repo::new();
+    let new = release_binary("0.2.0", 1000);
+    repo.add("0.2.0", &new);
+    let list = ops(&["release", "list", "--repo", &repo.s("repo"), "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["manifest"]["releases"][0]["version"], "0.2.0");
+    let ts = list["versions"]["timestamp"].as_u64().unwrap();
+    // The cron job's command moves the timestamp on.
+    let mut args = vec!["release", "timestamp", "--repo"];
+    let r = repo.s("repo");
+    args.push(&r);
+    let keys = repo.online();
+    args.extend(keys.iter().map(String::as_str));
+    ops(&args);
+    let list2: serde_json::Value =
+        serde_json::from_slice(&ops(&["release", "list", "--repo", &repo.s("repo"), "--json"]).stdout).unwrap();
+    assert_eq!(list2["versions"]["timestamp"].as_u64().unwrap(), ts + 1);
+
+    let node = Node::new(&repo, "");
+    let check = ok(&node
+        .appliance(&["update", "check", "--from", &repo.s("repo")])
+        .output()
+        .unwrap());
+    assert!(check.contains("0.2.0 is available"), "{check}");
+    // Outside the window and without --now: refused, nothing changes.
+    let out = node
+        .appliance(&["update", "apply", "--from", &repo.s("repo")])
+        .output()
+        .unwrap();
+    let in_window = {
+        let h: u32 = utc_hour();
+        h == 2
+    };
+    if !in_window {
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("outside the maintenance window"));
+        assert_eq!(node.current(), "0.1.0");
+    }
+    let out = ok(&node.apply(&repo, &[]));
+    assert!(out.contains("switched to 0.2.0"), "{out}");
+    assert_eq!(node.check(&[("0.2.0", &new)]), "0.2.0");
+    let st = node.status();
+    assert_eq!(st["current"], "0.2.0");
+    assert_eq!(st["previous"], "0.1.0");
+    assert_eq!(st["state"]["pending"]["version"], "0.2.0");
+    // A rollback (what the unit's OnFailure= runs) returns to 0.1.0 and
+    // marks 0.2.0 bad; the next apply does not take it again.
+    let out = ok(&node
+        .appliance(&["update", "rollback", "--reason", "test"])
+        .output()
+        .unwrap());
+    assert!(out.contains("marked bad"), "{out}");
+    assert_eq!(node.check(&[("0.1.0", OLD)]), "0.1.0");
+    let out = ok(&node.apply(&repo, &[]));
+    assert!(
+        out.contains("nothing to install") && out.contains("failed on this node before"),
+        "{out}"
+    );
+    assert_eq!(node.current(), "0.1.0");
+}
+
+fn utc_hour() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ((secs / 3600) % 24) as u32
+}
+
+/// A crash (abort) injected at each step of download and apply; then the
+/// same command again, which must finish the job.
+#[test]
+fn a_crash_at_each_step_of_download_and_apply_leaves_one_runnable_version() {
+    let repo = Repo::new();
+    let new = release_binary("0.2.0", 64 * 1024);
+    repo.add("0.2.0", &new);
+    let total = repo.target_len("appliance-0.2.0.tar.gz");
+    let mut points: Vec<(String, String)> = [1, total / 2, total - 1]
+        .iter()
+        .map(|n| ("APPLIANCE_UPDATE_FAIL_AT_BYTE".to_string(), n.to_string()))
+        .collect();
+    points.extend(
+        [
+            "unpack-started",
+            "unpack-written",
+            "unpacked",
+            "pending-written",
+            "previous-switched",
+            "current-switched",
+        ]
+        .iter()
+        .map(|s| ("APPLIANCE_UPDATE_CRASH_AT".to_string(), s.to_string())),
+    );
+    for (var, value) in &points {
+        let node = Node::new(&repo, "");
+        let out = node.apply(&repo, &[(var, value)]);
+        assert!(!out.status.success(), "{var}={value}: the crash hook did not fire");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("crash test: aborting"),
+            "{var}={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cur = node.check(&[("0.1.0", OLD), ("0.2.0", &new)]);
+        eprintln!("crash at {var}={value}: current -> {cur}");
+        // Again, without a crash: it completes.
+        let out = ok(&node.apply(&repo, &[]));
+        assert!(
+            out.contains("switched to 0.2.0") || cur == "0.2.0",
+            "{var}={value}: {out}"
+        );
+        assert_eq!(node.check(&[("0.2.0", &new)]), "0.2.0", "{var}={value}");
+        let st = node.status();
+        assert_eq!(st["state"]["pending"]["version"], "0.2.0", "{var}={value}: {st}");
+        assert_eq!(st["previous"], "0.1.0", "{var}={value}");
+        // Nothing half-made is left beside the versions.
+        let mut names: Vec<String> = fs::read_dir(node.releases())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["0.1.0", "0.2.0", "current", "previous", "state.json"],
+            "{var}={value}"
+        );
+    }
+}
+
+/// A real SIGKILL at random moments of a throttled download, at least 50
+/// times in the middle of it: each time the old version stays current,
+/// and each next run resumes from what the last one left.
+#[test]
+fn sigkill_at_random_offsets_during_the_download_never_runs_unverified_bytes() {
+    let repo = Repo::new();
+    let new = release_binary("0.2.0", 2 << 20);
+    repo.add("0.2.0", &new);
+    let total = repo.target_len("appliance-0.2.0.tar.gz");
+    assert!(total > 1 << 20, "the target should be large: {total}");
+    // About 0.4 s for the whole target.
+    let rate = total * 5 / 2;
+    let node = Node::new(&repo, &format!("max_bytes_per_second = {rate}\n"));
+    let staging = node.dir.path().join("state/update/staging");
+    let part = || {
+        fs::read_dir(&staging).ok().and_then(|rd| {
+            rd.flatten()
+                .find(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .map(|e| e.metadata().unwrap().len())
+        })
+    };
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut mid, mut runs, mut offsets) = (0, 0, Vec::new());
+    while mid < 50 {
+        runs += 1;
+        assert!(runs < 400, "only {mid} kills landed mid-download in {runs} runs");
+        let before = part().unwrap_or(0);
+        let mut child = node
+            .appliance(&["update", "apply", "--now", "--from", &repo.s("repo")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until this run has added to the staging file, then a random
+        // moment more, then SIGKILL.
+        let start = Instant::now();
+        wait_for("the download to make progress", Duration::from_secs(30), || {
+            if child.try_wait().unwrap().is_some() || part().unwrap_or(0) > before {
+                Ok(())
+            } else {
+                Err(format!("part at {:?}", part()))
+            }
+        });
+        let extra = Duration::from_millis(next() % 150);
+        while start.elapsed() < extra && child.try_wait().unwrap().is_none() {
+            std::thread::yield_now();
+        }
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        node.check(&[("0.1.0", OLD), ("0.2.0", &new)]);
+        match part() {
+            Some(n) if n > before && n < total && status.code().is_none() => {
+                mid += 1;
+                offsets.push(n);
+            }
+            _ => {}
+        }
+        if node.current() == "0.2.0" {
+            // It finished before the kill: start over for more kills.
+            fs::remove_dir_all(&staging).unwrap();
+            fs::remove_dir_all(node.releases()).unwrap();
+            let v1 = node.releases().join("0.1.0");
+            fs::create_dir_all(&v1).unwrap();
+            fs::write(v1.join("appliance"), OLD).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(v1.join("appliance"), fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::symlink("0.1.0", node.releases().join("current")).unwrap();
+        }
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    eprintln!(
+        "{mid} SIGKILLs mid-download in {runs} runs, at {} distinct offsets from {} to {} of {total} bytes",
+        offsets.len(),
+        offsets[0],
+        offsets[offsets.len() - 1]
+    );
+    assert!(offsets.len() >= 20, "offsets should vary: {offsets:?}");
+    // The run after the last kill resumes and completes.
+    let out = ok(&node.apply(&repo, &[]));
+    assert!(out.contains("switched to 0.2.0"), "{out}");
+    assert_eq!(node.check(&[("0.2.0", &new)]), "0.2.0");
+}
