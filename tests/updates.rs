@@ -455,3 +455,188 @@ fn sigkill_at_random_offsets_during_the_download_never_runs_unverified_bytes() {
     assert!(out.contains("switched to 0.2.0"), "{out}");
     assert_eq!(node.check(&[("0.2.0", &new)]), "0.2.0");
 }
+
+/// The supervisor itself, started from `releases/current/appliance` with a
+/// version on probation: committed once healthy; rolled back (marked bad,
+/// `current` back, exit so systemd starts the old one) when its health
+/// checks do not pass in time; rolled back at once after too many starts.
+#[test]
+fn a_version_on_probation_is_committed_when_healthy_and_rolled_back_when_not() {
+    let repo = Repo::new();
+    // Hard links of the real binary under three version names (the
+    // directory name is the version a release runs as).
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let releases = dir.path().join("state/releases");
+    let install = |v: &str| {
+        let to = releases.join(v).join("appliance");
+        if !to.exists() {
+            fs::create_dir_all(releases.join(v)).unwrap();
+            if fs::hard_link(bin("appliance"), &to).is_err() {
+                fs::copy(bin("appliance"), &to).unwrap();
+            }
+        }
+    };
+    let b = Box_::recorded("no-sensors");
+    let port = appliance_e2e::free_port();
+    let closed = appliance_e2e::free_port();
+    let config = |extra: &str| {
+        let c = dir.path().join("appliance.toml");
+        fs::write(
+            &c,
+            format!(
+                "[node]\nname = \"n\"\nstate_dir = \"state\"\n\n[monitor]\ninterval = \"200ms\"\nsysfs_root = {:?}\nprocfs_root = {:?}\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[hardware]\nprofiles_dir = {:?}\n\n{extra}\n[update]\nroot = {:?}\nrepository = \"file://{}/\"\nhealth_deadline = \"4s\"\n",
+                b.path("sys").display().to_string(),
+                b.path("proc").display().to_string(),
+                repo_root().join("hw-profiles").display().to_string(),
+                repo.s("root.json"),
+                repo.s("repo"),
+            ),
+        )
+        .unwrap();
+        c
+    };
+    let link = |name: &str, v: &str| {
+        let p = releases.join(name);
+        let _ = fs::remove_file(&p);
+        std::os::unix::fs::symlink(v, &p).unwrap();
+    };
+    // What `appliance update apply` leaves for the next start (committing
+    // prunes versions other than current and previous, so each part
+    // installs its own).
+    let put_state = |pending: &str, from: &str, starts: u32| {
+        install(from);
+        install(pending);
+        fs::write(
+            releases.join("state.json"),
+            format!(
+                r#"{{"position":1,"floor":"{from}","bad":[],"pending":{{"version":"{pending}","from":"{from}","since":"2026-11-30T02:00:00Z","starts":{starts}}}}}"#
+            ),
+        )
+        .unwrap();
+        link("previous", from);
+        link("current", pending);
+    };
+    let state =
+        || -> serde_json::Value { serde_json::from_slice(&fs::read(releases.join("state.json")).unwrap()).unwrap() };
+    let start = |cfg: &PathBuf| {
+        Command::new(releases.join("current/appliance"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("supervisor.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    };
+    let status = |cfg: &PathBuf| -> serde_json::Value {
+        let out = Command::new(bin("appliance"))
+            .args(["status", "--json", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+
+    // Healthy (nothing configured that could fail): committed.
+    put_state("0.2.0", "0.1.0", 0);
+    let healthy = config("");
+    let mut child = start(&healthy);
+    let st = wait_for("0.2.0 committed", Duration::from_secs(60), || {
+        let s = state();
+        if s["pending"].is_null() && s["last"]["result"] == "installed" {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert_eq!(st["floor"], "0.2.0");
+    let s = wait_for("the status to show it", Duration::from_secs(30), || {
+        let s = status(&healthy);
+        if s["update"]["probation"].is_null() && s["update"]["last_result"]["result"] == "installed" {
+            Ok(s)
+        } else {
+            Err(s["update"].to_string())
+        }
+    });
+    assert_eq!(s["node"]["version"], "0.2.0");
+    assert_eq!(s["update"]["running"], "0.2.0");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+
+    // Unhealthy: BBB never answers. Rolled back, marked bad, and the
+    // process ends with a failure so that systemd starts `current` again.
+    put_state("0.3.0", "0.2.0", 0);
+    let unhealthy = config(&format!(
+        "[bbb]\nurl = \"http://127.0.0.1:{closed}/bigbluebutton/api\"\nsecret = \"0123456789\"\npoll_interval = \"1s\"\n"
+    ));
+    let mut child = start(&unhealthy);
+    let code = wait_for(
+        "the supervisor to exit after rolling back",
+        Duration::from_secs(60),
+        || match child.try_wait().unwrap() {
+            Some(s) => Ok(s.code()),
+            None => Err("running".into()),
+        },
+    );
+    assert_eq!(code, Some(1), "a failure exit, for Restart=on-failure");
+    let st = state();
+    assert!(st["pending"].is_null(), "{st}");
+    assert_eq!(st["bad"], serde_json::json!(["0.3.0"]));
+    assert_eq!(st["last"]["result"], "rolled_back");
+    assert!(
+        st["last"]["reason"].as_str().unwrap().contains("BBB does not answer"),
+        "{st}"
+    );
+    assert_eq!(fs::read_link(releases.join("current")).unwrap(), PathBuf::from("0.2.0"));
+    // What systemd then starts is the previous version, running normally.
+    let mut child = start(&healthy);
+    let s = wait_for("0.2.0 running again", Duration::from_secs(60), || {
+        let s = status(&healthy);
+        if s["update"]["running"] == "0.2.0" {
+            Ok(s)
+        } else {
+            Err(s["update"].to_string())
+        }
+    });
+    assert!(s["update"]["probation"].is_null());
+    assert_eq!(s["update"]["bad"], serde_json::json!(["0.3.0"]));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+
+    // A version that died on each of its three starts (before it could
+    // pass or fail its checks): the fourth start rolls it back at once.
+    put_state("0.3.1", "0.2.0", 3);
+    let mut child = start(&healthy);
+    let code = wait_for("the loop breaker", Duration::from_secs(60), || {
+        match child.try_wait().unwrap() {
+            Some(s) => Ok(s.code()),
+            None => Err("running".into()),
+        }
+    });
+    assert_eq!(code, Some(1));
+    let st = state();
+    assert!(
+        st["bad"].as_array().unwrap().contains(&serde_json::json!("0.3.1")),
+        "{st}"
+    );
+    assert!(
+        st["last"]["reason"].as_str().unwrap().contains("started 3 times"),
+        "{st}"
+    );
+    assert_eq!(fs::read_link(releases.join("current")).unwrap(), PathBuf::from("0.2.0"));
+}

@@ -38,6 +38,52 @@ pub struct Status {
     /// The usage reports' queue.
     #[serde(default)]
     pub reports: Option<ReportsView>,
+    /// Signed updates; `None` while `[update] root` is unset.
+    #[serde(default)]
+    pub update: Option<UpdateView>,
+}
+
+/// Updates of the supervisor, as the Updates page, `appliance status`,
+/// metrics and reports to ops show them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateView {
+    /// The version this process runs.
+    pub running: String,
+    pub channel: String,
+    pub previous: Option<String>,
+    /// The version floor: nothing older is installed unless signed so.
+    pub floor: Option<String>,
+    /// Versions that failed here and are never retried.
+    pub bad: Vec<String>,
+    /// This node's place in rollouts, 0 to 9999.
+    pub position: u16,
+    /// The version on probation (running, not yet committed).
+    pub probation: Option<String>,
+    /// Unix time of the last successful check.
+    pub last_check: Option<f64>,
+    /// A release for this node: its version and from when (Unix time).
+    pub available: Option<String>,
+    pub available_from: Option<f64>,
+    /// Why releases were passed over (channel, floor, wave, marked bad).
+    #[serde(default)]
+    pub passed_over: Vec<String>,
+    /// The maintenance window and when it next opens (Unix time).
+    pub window: String,
+    pub next_window: Option<f64>,
+    /// Bytes of the download in progress, and its size.
+    pub downloading: Option<(u64, u64)>,
+    pub last_result: Option<UpdateResultView>,
+    /// The last check or install failed: why.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateResultView {
+    pub version: String,
+    /// installed, rolled_back or failed.
+    pub result: String,
+    pub reason: String,
+    pub at: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

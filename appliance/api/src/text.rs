@@ -193,6 +193,23 @@ pub(crate) fn render(st: &Status) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(u) = &st.update {
+        let mut line = format!("update    channel {}", u.channel);
+        if let Some(p) = &u.probation {
+            line.push_str(&format!(", {p} on probation"));
+        } else if let Some(a) = &u.available {
+            line.push_str(&format!(", {a} available"));
+        } else if u.last_check.is_some() {
+            line.push_str(", up to date");
+        }
+        if let Some(r) = &u.last_result {
+            line.push_str(&format!(", last: {} {}", r.version, r.result.replace('_', " ")));
+        }
+        if let Some(e) = &u.error {
+            line.push_str(&format!(", problem: {e}"));
+        }
+        let _ = writeln!(o, "{line}");
+    }
     if st.alerts.is_empty() {
         let _ = writeln!(o, "alerts    none");
     }

@@ -34,6 +34,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/console", get(console))
         .route("/v1/enroll", post(enroll))
         .route("/v1/services/{name}/{action}", post(service_command))
+        .route("/v1/update/{action}", post(update_command))
         .with_state(shared)
 }
 
@@ -71,6 +72,47 @@ async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): 
         from: "this node".into(),
         action: format!("service {action}"),
         target: name,
+        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+    });
+    answer(res)
+}
+
+async fn update_command(State(s): State<Arc<Shared>>, UrlPath(action): UrlPath<String>) -> Response {
+    use crate::update::Request;
+    let req = match action.as_str() {
+        "check" => Request::Check,
+        "apply" => Request::ApplyNow,
+        "restart" => Request::Restart("an operator installed another version".into()),
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: check, apply or restart\n"),
+            )
+                .into_response();
+        }
+    };
+    let res = match &s.update_requests {
+        None => Err(appliance_api::ActionError::Unavailable(
+            "updates are not set up ([update] root)".into(),
+        )),
+        Some(tx) => tx
+            .try_send(req)
+            .map(|()| match action.as_str() {
+                "check" => "checking for updates".to_string(),
+                "apply" => "checking, and installing what is there now".to_string(),
+                _ => "restarting into the installed version".to_string(),
+            })
+            .map_err(|_| appliance_api::ActionError::Conflict("the update task is busy; try again in a minute".into())),
+    };
+    s.audit.record(&appliance_admin::audit::Entry {
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        user: "local (control socket)".into(),
+        from: "this node".into(),
+        action: format!("update {action}"),
+        target: String::new(),
         outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
     });
     answer(res)

@@ -156,6 +156,10 @@ fn main() -> ExitCode {
         Command::Enroll { ops, token, force } => enroll(&cfg.control_socket(), ops, token, force),
         Command::Update { command } => {
             logging::init(cfg.log_level());
+            if let Err(e) = update::act_as_state_owner(&cfg) {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
             match command {
                 UpdateCommand::Check {
                     from,

@@ -438,6 +438,71 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         "Unix time global ops last acknowledged a usage report.",
         reports.and_then(|r| r.last_success),
     );
+    if let Some(u) = &st.update {
+        e.family(
+            "appliance_update_info",
+            "gauge",
+            "The running version, the update channel and the rollout position; always 1.",
+        );
+        let position = u.position.to_string();
+        e.sample(
+            "appliance_update_info",
+            &[
+                ("running", &u.running),
+                ("channel", &u.channel),
+                ("position", &position),
+            ],
+            1.0,
+        );
+        e.single(
+            "appliance_update_available",
+            "gauge",
+            "Whether a release for this node is published (1) or not (0).",
+            Some(if u.available.is_some() { 1.0 } else { 0.0 }),
+        );
+        e.single(
+            "appliance_update_probation",
+            "gauge",
+            "Whether the running version is on probation (installed, not yet committed).",
+            Some(if u.probation.is_some() { 1.0 } else { 0.0 }),
+        );
+        e.single(
+            "appliance_update_last_check_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful check of the update repository.",
+            u.last_check,
+        );
+        e.single(
+            "appliance_update_check_error",
+            "gauge",
+            "Whether the last update check or install failed (1) or not (0).",
+            Some(if u.error.is_some() { 1.0 } else { 0.0 }),
+        );
+        e.single(
+            "appliance_update_versions_marked_bad",
+            "gauge",
+            "Versions that failed on this node and are never retried.",
+            Some(u.bad.len() as f64),
+        );
+        if let Some(r) = &u.last_result {
+            e.family(
+                "appliance_update_last_result",
+                "gauge",
+                "The last update's outcome (installed, rolled_back, failed) with its version; always 1.",
+            );
+            e.sample(
+                "appliance_update_last_result",
+                &[("version", &r.version), ("result", &r.result)],
+                1.0,
+            );
+            e.single(
+                "appliance_update_last_result_timestamp_seconds",
+                "gauge",
+                "Unix time of the last update's outcome.",
+                Some(r.at),
+            );
+        }
+    }
 
     e.single(
         "process_resident_memory_bytes",

@@ -82,9 +82,10 @@ pub fn run(cfg: Config) -> Result<()> {
     let tls = runtime
         .block_on(appliance_admin::tls_config(&cert))
         .context("admin TLS certificate")?;
+    let version = crate::update::running_version(&cfg).to_string();
     let (reports, reports_task) = crate::reports::task(
         &state_dir,
-        env!("CARGO_PKG_VERSION"),
+        &version,
         cfg.report_settings(),
         Arc::new(crate::reports::SystemClock),
     );
@@ -98,10 +99,11 @@ pub fn run(cfg: Config) -> Result<()> {
         Box::new(StatVfs),
     );
     let (command_tx, command_rx) = tokio::sync::mpsc::channel(8);
+    let (update_tx, update_rx) = tokio::sync::mpsc::channel(4);
     let shared = Arc::new(Shared {
         id: Identity {
             node,
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version,
             started_unix,
             started,
             profile: hw,
@@ -121,6 +123,8 @@ pub fn run(cfg: Config) -> Result<()> {
         audit: Arc::new(audit),
         admin_port: cfg.admin.listen,
         reports,
+        update: std::sync::Mutex::new(None),
+        update_requests: cfg.update.root.is_some().then_some(update_tx),
     });
 
     let mut sampler = Sampler::new(shared.clone(), cfg.clone());
@@ -131,12 +135,21 @@ pub fn run(cfg: Config) -> Result<()> {
         .spawn(move || sampler.run(collector, stop_rx))
         .context("starting the sampler thread")?;
 
+    let (restart_tx, restart_rx) = tokio::sync::mpsc::channel(1);
     let background = Background {
         cfg: cfg.clone(),
+        restart: restart_tx,
+        update_requests: update_rx,
         commands: command_rx,
         reports: reports_task,
     };
-    let result = runtime.block_on(serve(shared.clone(), admin_listener, control_listener, background));
+    let result = runtime.block_on(serve(
+        shared.clone(),
+        admin_listener,
+        control_listener,
+        background,
+        restart_rx,
+    ));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(stop_tx);
     let _ = sampler_thread.join();
@@ -150,6 +163,9 @@ pub fn run(cfg: Config) -> Result<()> {
 /// service runtime.
 struct Background {
     cfg: Config,
+    /// The update task asks for a restart (into another version) here.
+    restart: tokio::sync::mpsc::Sender<String>,
+    update_requests: tokio::sync::mpsc::Receiver<crate::update::Request>,
     commands: tokio::sync::mpsc::Receiver<appliance_services::runtime::Command>,
     reports: crate::reports::Task,
 }
@@ -157,6 +173,12 @@ struct Background {
 impl Background {
     fn spawn(self, shared: Arc<Shared>) {
         tokio::spawn(self.reports.run());
+        tokio::spawn(crate::update::task(
+            self.cfg.clone(),
+            shared.clone(),
+            self.restart.clone(),
+            self.update_requests,
+        ));
         let (meetings_tx, meetings_rx) = tokio::sync::watch::channel(false);
         if let Some(b) = self.cfg.bbb.clone() {
             tokio::spawn(crate::bbb::poll(b, shared.clone(), meetings_tx));
@@ -269,6 +291,7 @@ async fn serve(
     admin_listener: std::net::TcpListener,
     control_listener: tokio::net::UnixListener,
     background: Background,
+    mut restart: tokio::sync::mpsc::Receiver<String>,
 ) -> Result<()> {
     background.spawn(shared.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -321,6 +344,9 @@ async fn serve(
     let outcome = tokio::select! {
         _ = term.recv() => { log::info!("SIGTERM: stopping"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); Ok(()) }
+        // A non-zero exit, so that systemd (Restart=on-failure) starts
+        // whatever releases/current now names.
+        Some(why) = restart.recv() => Err(anyhow::anyhow!("restarting: {why}")),
         r = &mut admin_task => match r {
             Ok(Ok(())) => Err(anyhow::anyhow!("admin server stopped unexpectedly")),
             Ok(Err(e)) => Err(e.into()),

@@ -62,6 +62,11 @@ pub struct Shared {
     pub admin_port: std::net::SocketAddr,
     /// The reports task: usage accounting, the outbox, the enrollment.
     pub reports: crate::reports::Handle,
+    /// Published by the update task; `None` while updates are off.
+    pub update: Mutex<Option<appliance_api::UpdateView>>,
+    /// Operator requests to the update task (check now, install now,
+    /// restart into what an offline install switched to).
+    pub update_requests: Option<mpsc::Sender<crate::update::Request>>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data
@@ -152,6 +157,7 @@ impl Shared {
             bbb,
             enrollment,
             reports,
+            update: lock(&self.update).clone(),
         }
     }
 }

@@ -6,11 +6,13 @@
 //! or the version it was built as when started from anywhere else.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use appliance_api::{BbbStatus, ServicesStatus, UpdateResultView, UpdateView};
 use appliance_update::download::{Downloader, Limits};
-use appliance_update::install::{Releases, State};
+use appliance_update::install::{OnStart, Releases, State};
 use appliance_update::policy::Decision;
 use appliance_update::repo::{Expiry, Source, Trust};
 use appliance_update::updater::{Checked, Updater};
@@ -19,6 +21,7 @@ use jiff::Timestamp;
 use semver::Version;
 
 use crate::config::Config;
+use crate::state::{Shared, lock};
 
 pub const BUILT_AS: &str = env!("CARGO_PKG_VERSION");
 
@@ -87,6 +90,26 @@ fn source(cfg: &Config, from: Option<&Path>) -> Result<(Source, reqwest::Client)
             .build()?,
     };
     Ok((Source::under(&url)?, client))
+}
+
+/// Run as root, the commands act as the state directory's owner (the
+/// supervisor's user), so that nothing they write is out of the
+/// supervisor's reach afterwards.
+pub fn act_as_state_owner(cfg: &Config) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(&cfg.node.state_dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    nix::unistd::setgroups(&[]).context("dropping supplementary groups")?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(meta.gid())).context("switching to the state dir's group")?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(meta.uid())).context("switching to the state dir's owner")?;
+    Ok(())
 }
 
 pub fn updater(cfg: &Config, from: Option<&Path>, running: Version) -> Result<Updater> {
@@ -275,4 +298,402 @@ pub fn rollback(cfg: &Config, reason: &str) -> Result<()> {
     );
     print_state(&s);
     Ok(())
+}
+
+// --- the supervisor's update task --------------------------------------
+
+/// Pure: whether the node is healthy enough to keep a version on
+/// probation. What counts is what a city cares about: the recipe's
+/// services up and healthy, BBB answering; a check that cannot run (no
+/// status yet) is not healthy.
+pub fn probation_verdict(
+    recipe: bool,
+    services: Option<&ServicesStatus>,
+    bbb_configured: bool,
+    bbb: Option<&BbbStatus>,
+) -> Result<(), String> {
+    if recipe {
+        let s = services.ok_or("the services' state is not known yet")?;
+        if let Some(e) = &s.error {
+            return Err(format!("systemd cannot be reached: {e}"));
+        }
+        let down: Vec<&str> = s
+            .services
+            .iter()
+            .filter(|v| !(v.up && v.state == "ok"))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !down.is_empty() {
+            return Err(format!("not healthy: {}", down.join(", ")));
+        }
+    }
+    if bbb_configured {
+        let b = bbb.ok_or("BBB has not been polled yet")?;
+        if !b.up {
+            return Err(format!(
+                "BBB does not answer: {}",
+                b.error.as_deref().unwrap_or("no answer")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn unix(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+fn view_of(cfg: &Config, running: &Version, releases: &Releases, state: &State) -> UpdateView {
+    let window = Window::parse(&cfg.update.window, &cfg.update.timezone).ok();
+    UpdateView {
+        running: running.to_string(),
+        channel: cfg.update.channel.clone(),
+        previous: releases.link("previous").map(|v| v.to_string()),
+        floor: state.floor.as_ref().map(|v| v.to_string()),
+        bad: state.bad.iter().map(|v| v.to_string()).collect(),
+        position: state.position,
+        probation: state.pending.as_ref().map(|p| p.version.to_string()),
+        window: window.as_ref().map(|w| w.describe().to_string()).unwrap_or_default(),
+        next_window: window.map(|w| unix(w.next_open(Timestamp::now()))),
+        last_result: state.last.as_ref().map(|l| UpdateResultView {
+            version: l.version.to_string(),
+            result: serde_json::to_value(l.result)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            reason: l.reason.clone(),
+            at: unix(l.at),
+        }),
+        ..UpdateView::default()
+    }
+}
+
+fn publish(shared: &Shared, f: impl FnOnce(&mut UpdateView)) {
+    if let Some(v) = lock(&shared.update).as_mut() {
+        f(v);
+    }
+}
+
+/// Runs for the supervisor's lifetime: settles a version on probation
+/// (commit after its health checks, or roll back), then checks for
+/// releases every `check_interval` (with jitter) and installs one inside
+/// the window while no meeting runs. A switch in either direction ends
+/// with a message on `restart`: the supervisor exits and systemd starts
+/// whatever `releases/current` now is.
+/// What an operator can ask of the update task.
+#[derive(Debug)]
+pub enum Request {
+    /// Check now.
+    Check,
+    /// Check and install now, outside the window and during meetings.
+    ApplyNow,
+    /// `current` was switched by `appliance update apply --from`: restart
+    /// into it.
+    Restart(String),
+}
+
+pub async fn task(
+    cfg: Config,
+    shared: Arc<Shared>,
+    restart: tokio::sync::mpsc::Sender<String>,
+    requests: tokio::sync::mpsc::Receiver<Request>,
+) {
+    if cfg.update.root.is_none() {
+        return;
+    }
+    let running = running_version(&cfg);
+    let releases = Releases::new(cfg.releases_dir());
+    let state = match releases.read_state(&running) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("updates: {e}");
+            *lock(&shared.update) = Some(UpdateView {
+                running: running.to_string(),
+                channel: cfg.update.channel.clone(),
+                error: Some(e.to_string()),
+                ..UpdateView::default()
+            });
+            return;
+        }
+    };
+    let (state, start) = state.on_start(&running, Timestamp::now());
+    if let Err(e) = releases.write_state(&state) {
+        log::error!("updates: {e}");
+    }
+    *lock(&shared.update) = Some(view_of(&cfg, &running, &releases, &state));
+    match start {
+        OnStart::Normal => {}
+        OnStart::Interrupted { version } => {
+            log::warn!("updates: the switch to {version} was interrupted; staying on {running}");
+        }
+        OnStart::RollBack { version, reason } => {
+            roll_back(
+                &cfg,
+                &shared,
+                &releases,
+                &running,
+                &format!("{version} {reason}"),
+                &restart,
+            )
+            .await;
+            return;
+        }
+        OnStart::Trial { version } => {
+            log::info!(
+                "updates: {version} is on probation; committing once healthy (within {})",
+                humantime::format_duration(cfg.update.health_deadline)
+            );
+            let deadline = tokio::time::Instant::now() + cfg.update.health_deadline;
+            let mut good_in_a_row = 0;
+            let mut last_reason = String::from("never checked");
+            loop {
+                let verdict = {
+                    let services = lock(&shared.services).clone();
+                    let bbb = lock(&shared.bbb).clone();
+                    probation_verdict(cfg.recipe.is_some(), services.as_ref(), cfg.bbb.is_some(), bbb.as_ref())
+                };
+                match verdict {
+                    Ok(()) => good_in_a_row += 1,
+                    Err(why) => {
+                        good_in_a_row = 0;
+                        last_reason = why;
+                    }
+                }
+                if good_in_a_row >= 3 {
+                    let s = match releases.read_state(&running) {
+                        Ok(s) => s.committed(Timestamp::now()),
+                        Err(e) => {
+                            log::error!("updates: {e}");
+                            break;
+                        }
+                    };
+                    match releases.write_state(&s) {
+                        Ok(()) => {
+                            log::info!("updates: {version} passed its health checks and is committed");
+                            let _ = releases.prune();
+                            *lock(&shared.update) = Some(view_of(&cfg, &running, &releases, &s));
+                        }
+                        Err(e) => log::error!("updates: committing {version}: {e}"),
+                    }
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let reason = format!(
+                        "health checks did not pass within {}: {last_reason}",
+                        humantime::format_duration(cfg.update.health_deadline)
+                    );
+                    roll_back(&cfg, &shared, &releases, &running, &reason, &restart).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    check_loop(cfg, shared, running, restart, requests).await;
+}
+
+async fn roll_back(
+    cfg: &Config,
+    shared: &Shared,
+    releases: &Releases,
+    running: &Version,
+    reason: &str,
+    restart: &tokio::sync::mpsc::Sender<String>,
+) {
+    log::error!("updates: rolling back {running}: {reason}");
+    let result = releases
+        .read_state(running)
+        .and_then(|s| releases.roll_back(&s, reason, Timestamp::now()));
+    match result {
+        Ok(s) => {
+            *lock(&shared.update) = Some(view_of(cfg, running, releases, &s));
+            let _ = restart.send(format!("rolled back from {running}: {reason}")).await;
+        }
+        Err(e) => {
+            log::error!("updates: the rollback failed: {e}");
+            publish(shared, |v| v.error = Some(format!("rollback failed: {e}")));
+        }
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let f = 0.9 + f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) * 0.2;
+    d.mul_f64(f)
+}
+
+async fn check_loop(
+    cfg: Config,
+    shared: Arc<Shared>,
+    running: Version,
+    restart: tokio::sync::mpsc::Sender<String>,
+    mut requests: tokio::sync::mpsc::Receiver<Request>,
+) {
+    // The first check soon after start (a node that was off catches up),
+    // spread so a fleet restarted at once does not ask at once.
+    let mut wait = jittered(Duration::from_secs(60)).min(cfg.update.check_interval);
+    loop {
+        let force = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            r = requests.recv() => match r {
+                Some(Request::Check) => false,
+                Some(Request::ApplyNow) => true,
+                Some(Request::Restart(why)) => {
+                    let _ = restart.send(why).await;
+                    return;
+                }
+                None => false,
+            },
+        };
+        wait = jittered(cfg.update.check_interval);
+        let updater = match updater(&cfg, None, running.clone()) {
+            Ok(u) => u,
+            Err(e) => {
+                publish(&shared, |v| v.error = Some(format!("{e:#}")));
+                continue;
+            }
+        };
+        let (verified, checked) = match updater.check(Expiry::Enforce, Timestamp::now()).await {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("updates: check failed: {e}");
+                publish(&shared, |v| v.error = Some(e.to_string()));
+                continue;
+            }
+        };
+        let _ = save_check(&cfg, &checked);
+        publish(&shared, |v| {
+            v.error = None;
+            v.last_check = Some(unix(checked.at));
+            v.passed_over = checked.plan.skipped.iter().map(|s| s.to_string()).collect();
+            (v.available, v.available_from) = match &checked.plan.decision {
+                Decision::UpToDate => (None, None),
+                Decision::Waiting { release, at } => (Some(release.version.to_string()), Some(unix(*at))),
+                Decision::Install { release, .. } => (Some(release.version.to_string()), Some(unix(checked.at))),
+            };
+        });
+        if !matches!(checked.plan.decision, Decision::Install { .. }) {
+            continue;
+        }
+        // Inside the window, and never during a meeting.
+        let window = match Window::parse(&cfg.update.window, &cfg.update.timezone) {
+            Ok(w) => w,
+            Err(e) => {
+                publish(&shared, |v| v.error = Some(e.to_string()));
+                continue;
+            }
+        };
+        let meetings = || {
+            lock(&shared.bbb)
+                .as_ref()
+                .map_or(0, |b| if b.up { b.meetings } else { 0 })
+        };
+        if !force && (!window.contains(Timestamp::now()) || meetings() > 0) {
+            let why = if meetings() > 0 {
+                format!("waiting: {} meetings running", meetings())
+            } else {
+                format!("waiting for the window ({})", window.describe())
+            };
+            log::info!("updates: {why}");
+            publish(&shared, |v| {
+                v.next_window = Some(unix(window.next_open(Timestamp::now())))
+            });
+            // Look again soon rather than after a whole interval.
+            wait = wait.min(Duration::from_secs(60));
+            continue;
+        }
+        let sh = shared.clone();
+        let progress = move |p: appliance_update::download::Progress| {
+            publish(&sh, |v| v.downloading = Some((p.have, p.total)));
+        };
+        match updater
+            .install(&verified, &checked.plan.decision, Timestamp::now(), &progress)
+            .await
+        {
+            Ok(Some(v)) => {
+                log::info!("updates: switched to {v}; restarting into it");
+                publish(&shared, |view| {
+                    view.downloading = None;
+                    view.probation = Some(v.to_string());
+                });
+                let _ = restart.send(format!("switching to {v}")).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!("updates: install failed: {e}");
+                let releases = Releases::new(cfg.releases_dir());
+                if let Ok(s) = releases.read_state(&running) {
+                    *lock(&shared.update) = Some(view_of(&cfg, &running, &releases, &s));
+                }
+                publish(&shared, |v| v.error = Some(e.to_string()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(states: &[(&str, bool, &str)]) -> ServicesStatus {
+        let list: Vec<serde_json::Value> = states
+            .iter()
+            .map(|(n, up, st)| {
+                serde_json::json!({
+                    "name": n, "unit": format!("{n}.service"), "core": true, "load_state": "loaded",
+                    "active_state": "active", "sub_state": "running", "up": up, "state": st,
+                    "detail": null, "restarts": 0, "systemd_restarts": 0, "last_failure": null, "checks": []
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "recipe": "lab", "services": list, "checks": [], "alerts": [], "error": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn probation_needs_what_a_city_cares_about() {
+        let bbb_up = BbbStatus {
+            up: true,
+            ..BbbStatus::default()
+        };
+        let bbb_down = BbbStatus {
+            up: false,
+            error: Some("connection refused".into()),
+            ..BbbStatus::default()
+        };
+        let good = services(&[("nginx", true, "ok"), ("redis", true, "ok")]);
+        let restarting = services(&[("nginx", true, "ok"), ("redis", false, "restarting")]);
+        let cases: Vec<(
+            bool,
+            Option<&ServicesStatus>,
+            bool,
+            Option<&BbbStatus>,
+            Result<(), &str>,
+        )> = vec![
+            (false, None, false, None, Ok(())),
+            (true, Some(&good), true, Some(&bbb_up), Ok(())),
+            (true, None, false, None, Err("not known yet")),
+            (true, Some(&restarting), false, None, Err("not healthy: redis")),
+            (false, None, true, None, Err("not been polled")),
+            (
+                false,
+                None,
+                true,
+                Some(&bbb_down),
+                Err("BBB does not answer: connection refused"),
+            ),
+        ];
+        for (recipe, s, bbb_on, b, want) in cases {
+            let got = probation_verdict(recipe, s, bbb_on, b);
+            match (want, &got) {
+                (Ok(()), Ok(())) => {}
+                (Err(w), Err(e)) => assert!(e.contains(w), "{e:?} should say {w:?}"),
+                (w, g) => panic!("want {w:?}, got {g:?}"),
+            }
+        }
+    }
 }

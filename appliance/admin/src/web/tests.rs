@@ -44,6 +44,7 @@ impl Backend for Fake {
             bbb: None,
             enrollment: None,
             reports: None,
+            update: None,
         }
     }
     fn series(&self) -> Vec<String> {
