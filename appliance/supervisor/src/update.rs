@@ -667,13 +667,14 @@ mod tests {
         };
         let good = services(&[("nginx", true, "ok"), ("redis", true, "ok")]);
         let restarting = services(&[("nginx", true, "ok"), ("redis", false, "restarting")]);
-        let cases: Vec<(
+        type Case<'a> = (
             bool,
-            Option<&ServicesStatus>,
+            Option<&'a ServicesStatus>,
             bool,
-            Option<&BbbStatus>,
-            Result<(), &str>,
-        )> = vec![
+            Option<&'a BbbStatus>,
+            Result<(), &'a str>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (false, None, false, None, Ok(())),
             (true, Some(&good), true, Some(&bbb_up), Ok(())),
             (true, None, false, None, Err("not known yet")),
