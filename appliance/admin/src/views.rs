@@ -214,10 +214,18 @@ pub fn overview(s: &Session, st: &Status) -> String {
             Some(e) => format!("Enrolled with {} as {}.", e.ops, e.node),
             None => "Not enrolled with global ops yet.".into(),
         },
-        updates: format!(
-            "Firmware {}. Automatic updates are not set up on this node yet.",
-            st.node.version
-        ),
+        updates: match &st.update {
+            None => format!(
+                "Firmware {}. Automatic updates are not set up on this node.",
+                st.node.version
+            ),
+            Some(u) => match (&u.probation, &u.available, &u.error) {
+                (Some(p), _, _) => format!("Firmware {p} is on probation."),
+                (_, _, Some(e)) => format!("Firmware {}. The last update check failed: {e}", u.running),
+                (_, Some(a), _) => format!("Firmware {}. {a} is available.", u.running),
+                _ => format!("Firmware {}, channel {}. Up to date.", u.running, u.channel),
+            },
+        },
     })
 }
 
@@ -528,13 +536,97 @@ pub fn logs(s: &Session, st: &Status, q: &LogQuery, lines: Result<Vec<LogLine>, 
 
 #[derive(Template)]
 #[template(path = "updates.html")]
-struct Updates {
+struct Updates<'a> {
     nav: Nav,
+    msg: Option<&'a str>,
+    /// (label, value) rows; empty while updates are off.
+    rows: Vec<(&'static str, String)>,
+    passed_over: Vec<String>,
+    error: Option<String>,
+    enabled: bool,
 }
 
-pub fn updates(s: &Session, st: &Status) -> String {
+pub fn updates(s: &Session, st: &Status, msg: Option<&str>) -> String {
+    let Some(u) = &st.update else {
+        return render(Updates {
+            nav: nav(s, st, "/updates"),
+            msg,
+            rows: vec![],
+            passed_over: vec![],
+            error: None,
+            enabled: false,
+        });
+    };
+    let mut rows = vec![("Running", u.running.clone()), ("Channel", u.channel.clone())];
+    rows.push((
+        "State",
+        match (&u.probation, &u.available, &u.downloading) {
+            (Some(p), _, _) => format!("{p} is on probation: it becomes final once its health checks pass"),
+            (None, Some(a), Some((have, total))) => {
+                format!("downloading {a}: {} of {}", format_bytes(*have), format_bytes(*total))
+            }
+            (None, Some(a), None) => match u.available_from {
+                Some(t) if t > u.last_check.unwrap_or(0.0) => {
+                    format!("{a} is published; this node's turn comes {}", datetime(t))
+                }
+                _ => format!("{a} is available; it is installed in the next maintenance window while no meeting runs"),
+            },
+            (None, None, _) if u.last_check.is_some() => "up to date".to_string(),
+            (None, None, _) => "not checked yet".to_string(),
+        },
+    ));
+    rows.push(("Last check", u.last_check.map_or("never".into(), datetime)));
+    rows.push((
+        "Maintenance window",
+        format!(
+            "{}{}",
+            u.window,
+            u.next_window
+                .map(|t| format!(" (next opens {})", datetime(t)))
+                .unwrap_or_default()
+        ),
+    ));
+    if let Some(r) = &u.last_result {
+        let what = match r.result.as_str() {
+            "installed" => "installed",
+            "rolled_back" => "rolled back",
+            "failed" => "failed before installing",
+            other => other,
+        };
+        rows.push((
+            "Last update",
+            format!(
+                "{} {what}, {}{}",
+                r.version,
+                datetime(r.at),
+                if r.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.reason)
+                }
+            ),
+        ));
+    }
+    if let Some(p) = &u.previous {
+        rows.push(("Previous version (kept for rollback)", p.clone()));
+    }
+    if let Some(f) = &u.floor {
+        rows.push((
+            "Version floor",
+            format!("{f}: nothing older is installed unless global ops signs a downgrade"),
+        ));
+    }
+    if !u.bad.is_empty() {
+        rows.push(("Never retried (failed here)", u.bad.join(", ")));
+    }
+    rows.push(("Rollout position", format!("{} of 10,000", u.position)));
     render(Updates {
         nav: nav(s, st, "/updates"),
+        msg,
+        rows,
+        passed_over: u.passed_over.clone(),
+        error: u.error.clone(),
+        enabled: true,
     })
 }
 
@@ -690,6 +782,73 @@ pub fn settings(s: &Session, st: &Status, cert: &crate::CertificateView, msg: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status_with(update: Option<appliance_api::UpdateView>) -> Status {
+        serde_json::from_value::<Status>(serde_json::json!({
+            "node": {"name": "n", "version": "0.2.0", "started_at": 0.0, "uptime_seconds": 1.0},
+            "hardware": {"profile": "p", "description": "d", "reason": "r", "uplink": null},
+            "health": {"status": "ok", "summary": "", "reasons": []},
+            "alerts": [], "sensors": [], "monitor": null, "services": null, "bbb": null
+        }))
+        .map(|mut s| {
+            s.update = update;
+            s
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_updates_page_says_what_is_going_on_and_only_operators_get_buttons() {
+        let viewer = Session {
+            user: "viewer".into(),
+            role: Role::Viewer,
+            csrf: "c".into(),
+        };
+        let operator = Session {
+            user: "operator".into(),
+            role: Role::Operator,
+            csrf: "c".into(),
+        };
+        let off = updates(&operator, &status_with(None), None);
+        assert!(off.contains("not set up") && !off.contains("Check now"), "{off}");
+        let u = appliance_api::UpdateView {
+            running: "0.2.0".into(),
+            channel: "stable".into(),
+            previous: Some("0.1.0".into()),
+            floor: Some("0.2.0".into()),
+            bad: vec!["0.2.1".into()],
+            position: 4711,
+            last_check: Some(1_764_090_000.0),
+            available: Some("0.3.0".into()),
+            available_from: Some(1_764_200_000.0),
+            passed_over: vec!["0.9.0 is for channel beta, this node follows another".into()],
+            window: "02:00-05:00 Europe/London".into(),
+            next_window: Some(1_764_120_000.0),
+            last_result: Some(appliance_api::UpdateResultView {
+                version: "0.2.1".into(),
+                result: "rolled_back".into(),
+                reason: "health checks did not pass within 2m: BBB does not answer".into(),
+                at: 1_764_000_000.0,
+            }),
+            ..Default::default()
+        };
+        let st = status_with(Some(u));
+        let page = updates(&viewer, &st, None);
+        for want in [
+            "0.3.0 is published; this node&#39;s turn comes 2025-11-26 23:33:20 UTC",
+            "0.2.1 rolled back",
+            "BBB does not answer",
+            "02:00-05:00 Europe/London",
+            "4711 of 10,000",
+            "channel beta",
+            "Never retried",
+        ] {
+            assert!(page.contains(want), "viewer page should say {want:?}:\n{page}");
+        }
+        assert!(!page.contains("Install now"), "a viewer gets no buttons");
+        let page = updates(&operator, &st, Some("checking for updates now"));
+        assert!(page.contains("Install now") && page.contains("checking for updates now"));
+    }
 
     #[test]
     fn dates() {

@@ -37,6 +37,25 @@ pub trait Backend: Send + Sync + 'static {
     fn install_certificate(&self, cert_pem: String, key_pem: String) -> Result<String, ActionError>;
     /// Fingerprint and expiry of the admin certificate in use.
     fn certificate(&self) -> CertificateView;
+    /// Asks the update task to check now, or to check and install now
+    /// (outside the window, during meetings). The answer is a sentence.
+    fn update_action(&self, action: UpdateAction) -> Result<String, ActionError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateAction {
+    Check,
+    Install,
+}
+
+impl UpdateAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateAction::Check => "check",
+            UpdateAction::Install => "install",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ mod contract;
 mod error;
 mod text;
 
-pub use contract::{Backend, BoxFuture, CertificateView, LogLine, LogQuery, ServiceAction};
+pub use contract::{Backend, BoxFuture, CertificateView, LogLine, LogQuery, ServiceAction, UpdateAction};
 pub use error::ActionError;
 pub use text::{format_bytes, format_duration, services_table};
 

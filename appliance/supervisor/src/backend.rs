@@ -36,6 +36,10 @@ impl appliance_api::Backend for Backend {
         lock(&self.0.history).query(series, window)
     }
 
+    fn update_action(&self, action: appliance_api::UpdateAction) -> Result<String, ActionError> {
+        crate::update::request(&self.0, action)
+    }
+
     fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>> {
         Box::pin(async move { service_action(&self.0, name, action).await })
     }

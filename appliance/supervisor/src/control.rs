@@ -78,11 +78,20 @@ async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): 
 }
 
 async fn update_command(State(s): State<Arc<Shared>>, UrlPath(action): UrlPath<String>) -> Response {
-    use crate::update::Request;
-    let req = match action.as_str() {
-        "check" => Request::Check,
-        "apply" => Request::ApplyNow,
-        "restart" => Request::Restart("an operator installed another version".into()),
+    let res = match action.as_str() {
+        "check" => crate::update::request(&s, appliance_api::UpdateAction::Check),
+        "apply" => crate::update::request(&s, appliance_api::UpdateAction::Install),
+        "restart" => match &s.update_requests {
+            None => Err(appliance_api::ActionError::Unavailable(
+                "updates are not set up ([update] root)".into(),
+            )),
+            Some(tx) => tx
+                .try_send(crate::update::Request::Restart(
+                    "an operator installed another version".into(),
+                ))
+                .map(|()| "restarting into the installed version".to_string())
+                .map_err(|_| appliance_api::ActionError::Conflict("the update task is busy; try again".into())),
+        },
         other => {
             return (
                 StatusCode::NOT_FOUND,
@@ -90,19 +99,6 @@ async fn update_command(State(s): State<Arc<Shared>>, UrlPath(action): UrlPath<S
             )
                 .into_response();
         }
-    };
-    let res = match &s.update_requests {
-        None => Err(appliance_api::ActionError::Unavailable(
-            "updates are not set up ([update] root)".into(),
-        )),
-        Some(tx) => tx
-            .try_send(req)
-            .map(|()| match action.as_str() {
-                "check" => "checking for updates".to_string(),
-                "apply" => "checking, and installing what is there now".to_string(),
-                _ => "restarting into the installed version".to_string(),
-            })
-            .map_err(|_| appliance_api::ActionError::Conflict("the update task is busy; try again in a minute".into())),
     };
     s.audit.record(&appliance_admin::audit::Entry {
         at: std::time::SystemTime::now()

@@ -392,6 +392,26 @@ pub enum Request {
     Restart(String),
 }
 
+/// An operator's request from the admin page or the control socket.
+pub fn request(shared: &Shared, action: appliance_api::UpdateAction) -> Result<String, appliance_api::ActionError> {
+    use appliance_api::{ActionError, UpdateAction};
+    let Some(tx) = &shared.update_requests else {
+        return Err(ActionError::Unavailable(
+            "updates are not set up on this node ([update] root)".into(),
+        ));
+    };
+    let (req, said) = match action {
+        UpdateAction::Check => (Request::Check, "checking for updates now"),
+        UpdateAction::Install => (
+            Request::ApplyNow,
+            "checking, and installing a release for this node now if there is one",
+        ),
+    };
+    tx.try_send(req)
+        .map(|()| said.to_string())
+        .map_err(|_| ActionError::Conflict("the update task is busy; try again in a minute".into()))
+}
+
 pub async fn task(
     cfg: Config,
     shared: Arc<Shared>,

@@ -43,6 +43,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/meetings", get(meetings_page))
         .route("/logs", get(logs_page))
         .route("/updates", get(updates_page))
+        .route("/updates/{action}", post(update_form))
         .route("/enrollment", get(enrollment_page).post(enroll))
         .route("/audit", get(audit_page))
         .route("/settings", get(settings_page))
@@ -73,6 +74,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/meetings"),
     ("GET", "/logs"),
     ("GET", "/updates"),
+    ("POST", "/updates/check"),
+    ("POST", "/updates/install"),
     ("GET", "/enrollment"),
     ("POST", "/enrollment"),
     ("GET", "/audit"),

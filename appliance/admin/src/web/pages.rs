@@ -121,9 +121,57 @@ pub(super) async fn logs_page(ctx: Ctx, State(st): State<AdminState>, Query(q): 
     Html(views::logs(&s, &st.backend.status(), &query, lines)).into_response()
 }
 
-pub(super) async fn updates_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
+/// The Updates page's buttons: check now, install now (operator, CSRF,
+/// audited either way).
+pub(super) async fn update_form(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Path(action): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => {
+            let who = ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-");
+            ctx.audit(&st, who, &format!("update {action}"), "", "refused");
+            return r;
+        }
+    };
+    let act = match action.as_str() {
+        "check" => appliance_api::UpdateAction::Check,
+        "install" => appliance_api::UpdateAction::Install,
+        _ => return refuse(&ctx, &st, StatusCode::NOT_FOUND, "unknown action: check or install"),
+    };
+    let res = st.backend.update_action(act);
+    let msg = match &res {
+        Ok(m) => m.clone(),
+        Err(e) => e.to_string(),
+    };
+    ctx.audit(
+        &st,
+        &s.user,
+        &format!("update {}", act.as_str()),
+        "",
+        if res.is_ok() { "ok" } else { &msg },
+    );
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
+    Redirect::to(&format!("/updates?{q}")).into_response()
+}
+
+pub(super) async fn updates_page(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let s = viewer!(ctx, st);
-    Html(views::updates(&s, &st.backend.status())).into_response()
+    Html(views::updates(
+        &s,
+        &st.backend.status(),
+        q.get("msg").map(String::as_str),
+    ))
+    .into_response()
 }
 
 pub(super) async fn enrollment_page(

@@ -80,6 +80,9 @@ impl Backend for Fake {
     fn install_certificate(&self, _: String, _: String) -> Result<String, ActionError> {
         Err(ActionError::Invalid("not in tests".into()))
     }
+    fn update_action(&self, action: appliance_api::UpdateAction) -> Result<String, appliance_api::ActionError> {
+        Ok(format!("update {}", action.as_str()))
+    }
     fn certificate(&self) -> crate::CertificateView {
         crate::CertificateView {
             fingerprint_sha256: "AA".into(),
@@ -178,7 +181,12 @@ fn routes_list_covers_the_router() {
         if ["/healthz", "/metrics", "/login", "/setup"].contains(&path) {
             continue;
         }
-        let concrete = path.replace("{name}", "nginx").replace("{action}", "restart");
+        let action = if path.starts_with("/updates") {
+            "check"
+        } else {
+            "restart"
+        };
+        let concrete = path.replace("{name}", "nginx").replace("{action}", action);
         assert!(
             ROUTES
                 .iter()
