@@ -1389,6 +1389,7 @@ fn hostile_reports_are_refused_with_reasons_and_the_month_stays_readable() {
         resources: Resources::default(),
         health: "ok".into(),
         services: String::new(),
+        update: None,
     };
     let send = |key: &NodeKey, r: &Report| post("/api/v1/reports", serde_json::to_string(&key.seal(r)).unwrap());
     assert_eq!(send(&honest, &report(&honest_id, 1, t0, t0 + 300, 7)).0, 200);

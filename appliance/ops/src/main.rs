@@ -228,6 +228,25 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                     printable(n.health.as_deref().unwrap_or_default())
                 );
             }
+            for n in &nodes {
+                let Some(u) = &n.update else { continue };
+                let mut line = format!(
+                    "update: node {} follows {} at rollout position {} of 10000",
+                    n.name,
+                    printable(&u.channel),
+                    u.position
+                );
+                if let Some(p) = &u.probation {
+                    line.push_str(&format!("; {} on probation", printable(p)));
+                }
+                if let Some(r) = &u.last_result {
+                    line.push_str(&format!("; last update {}", printable(r)));
+                }
+                if let Some(e) = &u.error {
+                    line.push_str(&format!("; problem: {}", printable(e)));
+                }
+                println!("{line}");
+            }
             for n in nodes.iter().filter(|n| n.refusals > 0) {
                 println!(
                     "refused: node {} had {} report(s) refused; the last on {}: {}",

@@ -101,6 +101,9 @@ pub struct NodeRow {
     pub refusals: u64,
     pub last_refusal: Option<String>,
     pub last_refusal_at: Option<i64>,
+    /// Channel, rollout position and last update result, from its latest
+    /// report that carried them.
+    pub update: Option<appliance_usage::UpdateReport>,
 }
 
 /// A line of the monthly usage.
@@ -154,17 +157,18 @@ const SQL_SAME_PERIOD: &str = "SELECT body FROM reports INDEXED BY reports_node_
 const SQL_INSERT_USAGE: &str =
     "INSERT INTO usage (node_id, epoch, seq_to, member, period_from, meeting_seconds, participant_seconds, peak)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-const SQL_NODE_REPORTED: &str = "UPDATE nodes SET last_report = ?2, health = ?3, version = ?4 WHERE id = ?1";
+const SQL_NODE_REPORTED: &str = "UPDATE nodes SET last_report = ?2, health = ?3, version = ?4, update_state = COALESCE(?5, update_state) WHERE id = ?1";
 const SQL_NODE_KEY: &str = "SELECT public_key, revoked FROM nodes WHERE id = ?1";
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-/// The schema of version 1, for a new database.
+/// The schema of version 2, for a new database.
 const SCHEMA: &str = "
 CREATE TABLE tokens (hash TEXT PRIMARY KEY, node TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL, used INTEGER);
 CREATE TABLE nodes (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, public_key TEXT NOT NULL, enrolled INTEGER NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, version TEXT NOT NULL, facts TEXT NOT NULL, last_report INTEGER, health TEXT,
-    epoch INTEGER NOT NULL DEFAULT 1, refusals INTEGER NOT NULL DEFAULT 0, last_refusal TEXT, last_refusal_at INTEGER);
+    epoch INTEGER NOT NULL DEFAULT 1, refusals INTEGER NOT NULL DEFAULT 0, last_refusal TEXT, last_refusal_at INTEGER,
+    update_state TEXT);
 CREATE TABLE epochs (node_id TEXT NOT NULL REFERENCES nodes(id), epoch INTEGER NOT NULL, public_key TEXT NOT NULL,
     enrolled INTEGER NOT NULL, PRIMARY KEY (node_id, epoch));
 CREATE TABLE reports (node_id TEXT NOT NULL REFERENCES nodes(id), epoch INTEGER NOT NULL, seq_from INTEGER NOT NULL,
@@ -210,6 +214,10 @@ ALTER TABLE gaps ADD COLUMN reason TEXT NOT NULL DEFAULT 'no_answer';
 DROP INDEX IF EXISTS usage_period;
 DROP INDEX IF EXISTS meetings_period;
 ";
+
+/// From version 1: nodes' update state (channel, rollout position, last
+/// result), from the reports that carry it.
+const MIGRATE_1_TO_2: &str = "ALTER TABLE nodes ADD COLUMN update_state TEXT;";
 
 fn reason_text(r: GapReason) -> &'static str {
     match r {
@@ -261,10 +269,21 @@ impl Store {
             (0, true) => {
                 let tx = db.transaction()?;
                 tx.execute_batch(MIGRATE_0_TO_1)?;
+                tx.execute_batch(MIGRATE_1_TO_2)?;
                 tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
                 tx.commit()?;
                 log::info!(
                     "{}: migrated to schema {SCHEMA_VERSION} (reports now keyed by enrollment)",
+                    path.display()
+                );
+            }
+            (1, _) => {
+                let tx = db.transaction()?;
+                tx.execute_batch(MIGRATE_1_TO_2)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+                tx.commit()?;
+                log::info!(
+                    "{}: migrated to schema {SCHEMA_VERSION} (nodes' update state)",
                     path.display()
                 );
             }
@@ -548,8 +567,20 @@ impl Store {
             )?
             .execute(params![node_id, epoch_i, seq_to, g.from, g.to, reason_text(g.reason)])?;
         }
+        let update = r.update.as_ref().map(|u| {
+            // Node-supplied text: kept short, whatever the node sent.
+            let clip = |s: &str| appliance_usage::protocol::clip_name(s).to_string();
+            let u = appliance_usage::UpdateReport {
+                channel: clip(&u.channel),
+                position: u.position,
+                probation: u.probation.as_deref().map(clip),
+                last_result: u.last_result.as_deref().map(clip),
+                error: u.error.as_deref().map(clip),
+            };
+            serde_json::to_string(&u).unwrap_or_default()
+        });
         tx.prepare_cached(SQL_NODE_REPORTED)?
-            .execute(params![node_id, now, r.health, r.firmware])?;
+            .execute(params![node_id, now, r.health, r.firmware, update])?;
         tx.commit()?;
         Ok(Ack {
             acked: r.seq_to,
@@ -559,7 +590,8 @@ impl Store {
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, Refusal> {
         let mut q = self.db.prepare(
-            "SELECT id, name, version, enrolled, epoch, revoked, last_report, health, refusals, last_refusal, last_refusal_at
+            "SELECT id, name, version, enrolled, epoch, revoked, last_report, health, refusals, last_refusal, last_refusal_at,
+                    update_state
              FROM nodes ORDER BY name",
         )?;
         let rows = q
@@ -576,6 +608,9 @@ impl Store {
                     refusals: r.get::<_, i64>(8)?.max(0) as u64,
                     last_refusal: r.get(9)?,
                     last_refusal_at: r.get(10)?,
+                    update: r
+                        .get::<_, Option<String>>(11)?
+                        .and_then(|j| serde_json::from_str(&j).ok()),
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -738,6 +773,7 @@ mod tests {
             resources: Resources::default(),
             health: "ok".into(),
             services: "".into(),
+            update: None,
         }
     }
 
@@ -758,6 +794,48 @@ mod tests {
     fn enroll_more(s: &mut Store, name: &str, k: &NodeKey) -> (String, u64) {
         let t = s.create_token(name, 0, 3600).unwrap();
         s.enroll(&enroll_req(&t, name, k), 0).unwrap()
+    }
+
+    #[test]
+    fn a_nodes_update_state_comes_from_its_latest_report_that_carries_it() {
+        let k = key();
+        let (_d, mut s, id) = with_node("ams-1", &k);
+        let start = nov().start();
+        let mut r = report(&id, 1, start, 300, "m");
+        r.update = Some(appliance_usage::UpdateReport {
+            channel: "stable".into(),
+            position: 4711,
+            probation: None,
+            last_result: Some(format!("0.3.0 rolled_back: {}", "x".repeat(5000))),
+            error: None,
+        });
+        s.ingest(&k.seal(&r), start + 300, LIMITS).unwrap();
+        // A later report without it (older firmware) keeps what is known.
+        s.ingest(&k.seal(&report(&id, 2, start + 300, 300, "m")), start + 600, LIMITS)
+            .unwrap();
+        let n = &s.nodes().unwrap()[0];
+        let u = n.update.as_ref().expect("kept");
+        assert_eq!((u.channel.as_str(), u.position), ("stable", 4711));
+        let last = u.last_result.as_deref().unwrap();
+        assert!(
+            last.starts_with("0.3.0 rolled_back: x") && last.len() <= 256,
+            "clipped: {}",
+            last.len()
+        );
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_update_state() {
+        let k = key();
+        let (d, s, _id) = with_node("ams-1", &k);
+        s.db.execute_batch("ALTER TABLE nodes DROP COLUMN update_state; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(s);
+        let s = Store::open(&d.path().join("ops.db")).unwrap();
+        let v: i64 = s.db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let n = s.nodes().unwrap();
+        assert_eq!((n.len(), n[0].update.clone()), (1, None));
     }
 
     #[test]

@@ -219,6 +219,7 @@ mod tests {
             resources: Resources::default(),
             health: "ok".into(),
             services: String::new(),
+            update: None,
         }
     }
 

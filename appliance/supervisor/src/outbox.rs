@@ -271,6 +271,7 @@ mod tests {
             resources: Resources::default(),
             health: "ok".into(),
             services: String::new(),
+            update: None,
         }
     }
 

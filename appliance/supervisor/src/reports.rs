@@ -92,6 +92,8 @@ pub struct Sample {
     pub disk_used_ratio_max: Option<f64>,
     pub health: String,
     pub services: String,
+    /// Where the node stands with updates, for ops.
+    pub update: Option<appliance_usage::UpdateReport>,
 }
 
 /// What the reports task publishes.
@@ -236,6 +238,7 @@ pub fn task(state_dir: &Path, firmware: &str, settings: Settings, clock: Arc<dyn
         resources: ResourceAcc::default(),
         health: String::new(),
         services: String::new(),
+        update: None,
         last_report: now,
         on_disk: false,
         failures: 0,
@@ -307,6 +310,7 @@ struct Owner {
     resources: ResourceAcc,
     health: String,
     services: String,
+    update: Option<appliance_usage::UpdateReport>,
     last_report: Instant,
     /// The ledger file is the ledger in memory.
     on_disk: bool,
@@ -435,6 +439,7 @@ impl Owner {
                 self.resources.sample(&s);
                 self.health = s.health;
                 self.services = s.services;
+                self.update = s.update;
             }
             Msg::Enrolled {
                 enrollment: enr,
@@ -565,7 +570,7 @@ impl Owner {
                 break;
             };
             let seq = b.ledger.next_seq;
-            let report = Report::from_period(
+            let mut report = Report::from_period(
                 &enr.node_id,
                 if period.legacy { 0 } else { enr.epoch },
                 seq,
@@ -575,6 +580,7 @@ impl Owner {
                 self.health.clone(),
                 self.services.clone(),
             );
+            report.update = self.update.clone();
             let env = key.seal(&report);
             let outbox = &b.outbox;
             if let Err(e) = blocking(|| outbox.put(&env, seq)) {

@@ -460,12 +460,30 @@ impl Sampler {
             )
         });
         let summary = appliance_monitor::health::summarize(&all).summary;
-        self.shared.reports.sample(report_sample(
+        let update = lock(&self.shared.update)
+            .as_ref()
+            .map(|u| appliance_usage::UpdateReport {
+                channel: u.channel.clone(),
+                position: u.position,
+                probation: u.probation.clone(),
+                last_result: u.last_result.as_ref().map(|r| {
+                    let mut s = format!("{} {}", r.version, r.result);
+                    if !r.reason.is_empty() {
+                        s.push_str(": ");
+                        s.push_str(&r.reason);
+                    }
+                    s
+                }),
+                error: u.error.clone(),
+            });
+        let mut sample = report_sample(
             &snap,
             &self.shared.id.profile.uplink.interface,
             summary.clone(),
             services.unwrap_or_default(),
-        ));
+        );
+        sample.update = update;
+        self.shared.reports.sample(sample);
         if summary != self.last_summary {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
             self.last_summary = summary;
@@ -512,6 +530,7 @@ fn report_sample(s: &Snapshot, uplink: &str, health: String, services: String) -
         disk_used_ratio_max: s.filesystems.iter().filter_map(|f| f.used_ratio()).reduce(f64::max),
         health,
         services,
+        update: None,
     }
 }
 

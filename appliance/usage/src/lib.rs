@@ -13,4 +13,4 @@ pub mod protocol;
 pub use accounting::{Accumulator, Gap, GapReason, MemberUsage, Period, Seen, UNASSIGNED};
 pub use ledger::{Ledger, Numbering};
 pub use month::Month;
-pub use protocol::{Ack, EnrollRequest, EnrollResponse, Envelope, NodeKey, Report, Resources, Token};
+pub use protocol::{Ack, EnrollRequest, EnrollResponse, Envelope, NodeKey, Report, Resources, Token, UpdateReport};

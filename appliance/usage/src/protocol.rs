@@ -178,6 +178,30 @@ pub struct Report {
     /// The node's health when the report was made, and its services.
     pub health: String,
     pub services: String,
+    /// Where the node stands with updates (absent from nodes without
+    /// updates and from older firmware).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateReport>,
+}
+
+/// A node's update state as ops keeps it per node: what `appliance-ops
+/// nodes` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub channel: String,
+    /// Its place in rollouts, 0 to 9999 (a wave of p % takes those below
+    /// p * 100).
+    pub position: u16,
+    /// A version installed and not yet committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation: Option<String>,
+    /// "VERSION RESULT[: reason]" of the last update (installed,
+    /// rolled_back, failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// Why the last check or install failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -221,6 +245,7 @@ impl Report {
             resources,
             health,
             services,
+            update: None,
         }
     }
 
@@ -248,6 +273,9 @@ impl Report {
         self.seq_to = later.seq_to;
         self.to = later.to;
         self.firmware = later.firmware.clone();
+        if later.update.is_some() {
+            self.update = later.update.clone();
+        }
         for l in &later.usage {
             match self.usage.iter_mut().find(|u| u.member == l.member) {
                 Some(u) => {
@@ -420,6 +448,7 @@ mod tests {
             resources: Resources::default(),
             health: "ok".into(),
             services: "7 of 7 up".into(),
+            update: None,
         }
     }
 
