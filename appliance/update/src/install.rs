@@ -271,7 +271,10 @@ impl Releases {
         remove_all(&tmp)?;
         std::fs::create_dir_all(&tmp).map_err(UpdateError::io(format!("creating {}", tmp.display())))?;
         let f = std::fs::File::open(tarball).map_err(UpdateError::io(format!("opening {}", tarball.display())))?;
-        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            f,
+        )));
         let bad = |why: String| UpdateError::Target {
             name: tarball.display().to_string(),
             detail: why,
@@ -311,18 +314,16 @@ impl Releases {
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent).map_err(UpdateError::io(format!("creating {}", parent.display())))?;
             }
-            let mut file =
-                std::fs::File::create(&out).map_err(UpdateError::io(format!("creating {}", out.display())))?;
-            let copied = std::io::copy(&mut (&mut entry).take(size + 1), &mut file)
-                .map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
-            if copied != size {
-                return Err(bad(format!("entry {} is shorter than its header says", path.display())));
-            }
+            let file = std::fs::File::create(&out).map_err(UpdateError::io(format!("creating {}", out.display())))?;
             let executable = rel == Path::new(BINARY);
             let mode = if executable { 0o755 } else { 0o644 };
             file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .and_then(|()| file.sync_all())
                 .map_err(UpdateError::io(format!("writing {}", out.display())))?;
+            let copied =
+                copy_synced(&mut entry, file, size).map_err(|e| bad(format!("unpacking {}: {e}", path.display())))?;
+            if copied != size {
+                return Err(bad(format!("entry {} is shorter than its header says", path.display())));
+            }
             has_binary |= executable;
             written.push(out);
         }
@@ -453,6 +454,67 @@ impl Releases {
         std::fs::rename(&tmp, self.dir.join(name)).map_err(UpdateError::io(format!("switching {name}")))?;
         sync(&self.dir)
     }
+}
+
+/// Copies at most `size` bytes (one more is read, to notice an entry that
+/// is longer than its header) from a decoder into `file`, synced. Writing
+/// and syncing run in a thread of their own, syncing every 32 MiB, so the
+/// disk works while the decoder does and the final sync finds little left.
+fn copy_synced(from: &mut impl Read, file: std::fs::File, size: u64) -> std::io::Result<u64> {
+    const CHUNK: usize = 1 << 20;
+    const BUFFERS: usize = 3;
+    const SYNC_EVERY: u64 = 32 << 20;
+    std::thread::scope(|scope| {
+        // A fixed set of buffers goes round between the two threads, so
+        // memory is the same for a 10 MB and a 500 MB release.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS {
+            empty_tx.send(vec![0u8; CHUNK]).expect("room for every buffer");
+        }
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut file = file;
+            let mut since_sync = 0u64;
+            for (buf, n) in full_rx {
+                std::io::Write::write_all(&mut file, &buf[..n])?;
+                since_sync += n as u64;
+                if since_sync >= SYNC_EVERY {
+                    file.sync_data()?;
+                    since_sync = 0;
+                }
+                if empty_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            file.sync_all()
+        });
+        let mut total = 0u64;
+        let mut limited = from.take(size + 1);
+        let result = 'chunks: loop {
+            let Ok(mut buf) = empty_rx.recv() else {
+                break Ok(total);
+            };
+            let mut filled = 0;
+            while filled < CHUNK {
+                match limited.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break 'chunks Err(e),
+                }
+            }
+            if filled == 0 {
+                break Ok(total);
+            }
+            total += filled as u64;
+            if full_tx.send((buf, filled)).is_err() {
+                break Ok(total);
+            }
+        };
+        drop(full_tx);
+        writer.join().expect("the writer does not panic")?;
+        result
+    })
 }
 
 fn is_executable(p: &Path) -> bool {
