@@ -199,6 +199,18 @@ pub fn apply(cfg: &Config, from: Option<&Path>, now: bool, allow_expired: bool) 
         );
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if !now {
+        // Never during a meeting, unless told: the supervisor knows.
+        if let Ok(body) = rt.block_on(crate::control::get_body(&cfg.control_socket(), "/v1/status"))
+            && let Ok(st) = serde_json::from_slice::<appliance_api::Status>(&body)
+            && let Some(b) = st.bbb.filter(|b| b.up && b.meetings > 0)
+        {
+            bail!(
+                "{} meetings are running; installing restarts the supervisor. Use --now to install anyway",
+                b.meetings
+            );
+        }
+    }
     let running = installed_version(cfg);
     let releases = Releases::new(cfg.releases_dir());
     if releases.link("current").is_none() {
