@@ -282,20 +282,37 @@ fn a_release_published_with_the_ops_tools_is_installed_on_probation() {
     assert_eq!(st["current"], "0.2.0");
     assert_eq!(st["previous"], "0.1.0");
     assert_eq!(st["state"]["pending"]["version"], "0.2.0");
+    // While 0.2.0 is on probation nothing else is installed over it.
+    let newer = release_binary("0.3.0", 1000);
+    repo.add("0.3.0", &newer);
+    let out = node.apply(&repo, &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0.2.0 is on probation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.check(&[("0.2.0", &new)]), "0.2.0");
     // A rollback (what the unit's OnFailure= runs) returns to 0.1.0 and
-    // marks 0.2.0 bad; the next apply does not take it again.
+    // marks 0.2.0 bad: it is passed over from then on.
     let out = ok(&node
         .appliance(&["update", "rollback", "--reason", "test"])
         .output()
         .unwrap());
     assert!(out.contains("marked bad"), "{out}");
     assert_eq!(node.check(&[("0.1.0", OLD)]), "0.1.0");
-    let out = ok(&node.apply(&repo, &[]));
+    let check = ok(&node
+        .appliance(&["update", "check", "--from", &repo.s("repo")])
+        .output()
+        .unwrap());
     assert!(
-        out.contains("nothing to install") && out.contains("failed on this node before"),
-        "{out}"
+        check.contains("0.3.0 is available") && check.contains("0.2.0 failed on this node before"),
+        "{check}"
     );
-    assert_eq!(node.current(), "0.1.0");
+    let out = ok(&node.apply(&repo, &[]));
+    assert!(out.contains("switched to 0.3.0"), "{out}");
+    assert_eq!(node.check(&[("0.3.0", &newer)]), "0.3.0");
+    assert_eq!(node.status()["state"]["bad"], serde_json::json!(["0.2.0"]));
 }
 
 fn utc_hour() -> u32 {
@@ -351,7 +368,8 @@ fn a_crash_at_each_step_of_download_and_apply_leaves_one_runnable_version() {
         let st = node.status();
         assert_eq!(st["state"]["pending"]["version"], "0.2.0", "{var}={value}: {st}");
         assert_eq!(st["previous"], "0.1.0", "{var}={value}");
-        // Nothing half-made is left beside the versions.
+        // Nothing half-made is left beside the versions (the lock file
+        // stays: it is how two update commands keep out of each other's way).
         let mut names: Vec<String> = fs::read_dir(node.releases())
             .unwrap()
             .flatten()
@@ -360,7 +378,7 @@ fn a_crash_at_each_step_of_download_and_apply_leaves_one_runnable_version() {
         names.sort();
         assert_eq!(
             names,
-            ["0.1.0", "0.2.0", "current", "previous", "state.json"],
+            [".lock", "0.1.0", "0.2.0", "current", "previous", "state.json"],
             "{var}={value}"
         );
     }

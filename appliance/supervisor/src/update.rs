@@ -234,7 +234,9 @@ pub fn apply(cfg: &Config, from: Option<&Path>, now: bool, allow_expired: bool) 
                 "switched to {v} (from {}); it runs on probation at the supervisor's next start",
                 u.running
             );
-            let _ = u.releases.prune();
+            if let Ok(_lock) = u.releases.lock() {
+                let _ = u.releases.prune();
+            }
         }
         None => println!("nothing to install"),
     }
@@ -303,7 +305,8 @@ pub fn rollback(cfg: &Config, reason: &str) -> Result<()> {
         return Ok(());
     };
     let version = p.version.clone();
-    let s = releases.roll_back(&state, reason, Timestamp::now())?;
+    let _lock = releases.lock()?;
+    let s = releases.roll_back(&state, &running, reason, Timestamp::now())?;
     println!(
         "rolled back from {version} to {}; {version} is marked bad",
         releases.link("current").map_or("-".into(), |v| v.to_string())
@@ -435,6 +438,14 @@ pub async fn task(
     }
     let running = running_version(&cfg);
     let releases = Releases::new(cfg.releases_dir());
+    // A node imaged with this version starts its releases directory with
+    // it, so that the first switch has something to come back to.
+    if releases.link("current").is_none()
+        && let Ok(exe) = std::env::current_exe()
+        && let Err(e) = releases.adopt(&running, &exe)
+    {
+        log::error!("updates: adopting {running} as the first release: {e}");
+    }
     let state = match releases.read_state(&running) {
         Ok(s) => s,
         Err(e) => {
@@ -451,10 +462,21 @@ pub async fn task(
     let (state, start) = state.on_start(&running, Timestamp::now());
     if let Err(e) = releases.write_state(&state) {
         log::error!("updates: {e}");
+        if let OnStart::Trial { version } = &start {
+            // A trial whose starts cannot be counted could loop forever.
+            let reason = format!("{version}: its start could not be recorded ({e})");
+            roll_back(&cfg, &shared, &releases, &running, &reason, &restart).await;
+            return;
+        }
     }
     *lock(&shared.update) = Some(view_of(&cfg, &running, &releases, &state));
     match start {
         OnStart::Normal => {}
+        OnStart::RolledBack { version } => {
+            log::warn!(
+                "updates: {version} did not pass its health checks before; {running} runs, {version} is marked bad"
+            );
+        }
         OnStart::Interrupted { version } => {
             log::warn!("updates: the switch to {version} was interrupted; staying on {running}");
         }
@@ -493,7 +515,7 @@ pub async fn task(
                 }
                 if good_in_a_row >= 3 {
                     let s = match releases.read_state(&running) {
-                        Ok(s) => s.committed(Timestamp::now()),
+                        Ok(s) => s.committed(&running, Timestamp::now()),
                         Err(e) => {
                             log::error!("updates: {e}");
                             break;
@@ -502,7 +524,9 @@ pub async fn task(
                     match releases.write_state(&s) {
                         Ok(()) => {
                             log::info!("updates: {version} passed its health checks and is committed");
-                            let _ = releases.prune();
+                            if let Ok(_lock) = releases.lock() {
+                                let _ = releases.prune();
+                            }
                             *lock(&shared.update) = Some(view_of(&cfg, &running, &releases, &s));
                         }
                         Err(e) => log::error!("updates: committing {version}: {e}"),
@@ -533,9 +557,19 @@ async fn roll_back(
     restart: &tokio::sync::mpsc::Sender<String>,
 ) {
     log::error!("updates: rolling back {running}: {reason}");
-    let result = releases
-        .read_state(running)
-        .and_then(|s| releases.roll_back(&s, reason, Timestamp::now()));
+    // A CLI install may hold the lock for a while; the rollback waits for
+    // it rather than leave a bad version running.
+    let guard = loop {
+        match releases.lock() {
+            Err(appliance_update::UpdateError::Busy(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
+            other => break other,
+        }
+    };
+    let result = guard.and_then(|_lock| {
+        releases
+            .read_state(running)
+            .and_then(|s| releases.roll_back(&s, running, reason, Timestamp::now()))
+    });
     match result {
         Ok(s) => {
             *lock(&shared.update) = Some(view_of(cfg, running, releases, &s));

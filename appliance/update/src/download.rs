@@ -20,6 +20,10 @@ use tokio::time::Instant;
 use crate::UpdateError;
 use crate::repo::TargetFile;
 
+/// No release of the supervisor comes near this; a signed length above it
+/// is a mistake or an attack on the disk.
+pub const MAX_TARGET_BYTES: u64 = 2 << 30;
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Bytes per second; `None` for no cap.
@@ -84,6 +88,19 @@ impl Downloader {
         staging.join(format!("{}.part", hex::encode(t.sha256)))
     }
 
+    /// Removes everything in `staging` but `keep`'s verified file: older
+    /// downloads and what abandoned ones left.
+    pub fn clean_staging(staging: &Path, keep: &TargetFile) {
+        let keep = Self::verified_path(staging, keep);
+        if let Ok(rd) = std::fs::read_dir(staging) {
+            for e in rd.flatten() {
+                if e.path() != keep {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// Fetches `t` into `staging` and returns the verified file. A verified
     /// file already there is re-checked, not fetched again.
     pub async fn fetch(
@@ -92,6 +109,12 @@ impl Downloader {
         staging: &Path,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<PathBuf, UpdateError> {
+        if t.length > MAX_TARGET_BYTES {
+            return Err(UpdateError::TooLarge(format!(
+                "{} is listed at {} bytes; a node takes at most {MAX_TARGET_BYTES}",
+                t.name, t.length
+            )));
+        }
         tokio::fs::create_dir_all(staging)
             .await
             .map_err(UpdateError::io(format!("creating {}", staging.display())))?;
@@ -242,10 +265,13 @@ impl Downloader {
                     } else if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                         return Ok(Attempt::Retry(format!("the server answered {status}")));
                     } else {
-                        return Err(UpdateError::Target {
-                            name: t.name.clone(),
-                            detail: format!("the server answered {status}"),
-                        });
+                        // Not there (yet): a CDN behind the metadata, a
+                        // wrong base URL. Not a verification failure; the
+                        // next check tries again.
+                        return Err(UpdateError::Unreachable(format!(
+                            "{}: the server answered {status}",
+                            t.name
+                        )));
                     }
                     Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| strip_url(&e))))
                 }

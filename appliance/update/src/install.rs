@@ -41,8 +41,9 @@ pub const MAX_ENTRIES: usize = 64;
 /// reporting healthy (a loop breaker, as Mender's).
 pub const MAX_TRIAL_STARTS: u32 = 3;
 
+/// Unknown fields are ignored: after a rollback, the older version must
+/// read what the newer one wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct State {
     /// This node's place in every rollout (see `policy::POSITIONS`), drawn
     /// once at random.
@@ -59,7 +60,6 @@ pub struct State {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Pending {
     pub version: Version,
     pub from: Version,
@@ -73,7 +73,6 @@ pub struct Pending {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Outcome {
     pub at: Timestamp,
     pub version: Version,
@@ -104,6 +103,10 @@ pub enum OnStart {
     RollBack { version: Version, reason: String },
     /// A switch was begun but did not happen (a crash in between).
     Interrupted { version: Version },
+    /// The trial ran and the previous version runs again (a rollback
+    /// that switched back but could not record it): now recorded, and
+    /// the trial version marked bad.
+    RolledBack { version: Version },
 }
 
 impl State {
@@ -129,6 +132,17 @@ impl State {
             return (s, OnStart::Normal);
         };
         if *running != p.version {
+            if *running == p.from && p.starts > 0 {
+                let s = self.rolled_back(
+                    running,
+                    &format!(
+                        "{} stopped before passing its health checks; {running} runs again",
+                        p.version
+                    ),
+                    now,
+                );
+                return (s, OnStart::RolledBack { version: p.version });
+            }
             s.pending = None;
             s.last = Some(Outcome {
                 at: now,
@@ -152,10 +166,13 @@ impl State {
         (s, OnStart::Trial { version: p.version })
     }
 
-    /// Pure: the trial passed.
-    pub fn committed(&self, now: Timestamp) -> State {
+    /// Pure: the trial passed. Only the version on trial, running, can
+    /// be committed.
+    pub fn committed(&self, running: &Version, now: Timestamp) -> State {
         let mut s = self.clone();
-        if let Some(p) = s.pending.take() {
+        if s.pending.as_ref().is_some_and(|p| p.version == *running)
+            && let Some(p) = s.pending.take()
+        {
             s.floor = Some(match (&self.floor, p.downgrade) {
                 (Some(f), false) if *f > p.version => f.clone(),
                 _ => p.version.clone(),
@@ -171,9 +188,13 @@ impl State {
     }
 
     /// Pure: the trial failed; back to `from`, never again `version`.
-    pub fn rolled_back(&self, reason: &str, now: Timestamp) -> State {
+    /// `by` is the version deciding it: the trial itself or, after it, the
+    /// one it came from.
+    pub fn rolled_back(&self, by: &Version, reason: &str, now: Timestamp) -> State {
         let mut s = self.clone();
-        if let Some(p) = s.pending.take() {
+        if s.pending.as_ref().is_some_and(|p| p.version == *by || p.from == *by)
+            && let Some(p) = s.pending.take()
+        {
             s.bad.insert(p.version.clone());
             s.last = Some(Outcome {
                 at: now,
@@ -334,8 +355,23 @@ impl Releases {
         for d in dirs_of(&tmp, &written) {
             sync(&d)?;
         }
-        remove_all(&final_dir)?;
-        std::fs::rename(&tmp, &final_dir).map_err(UpdateError::io(format!("renaming to {}", final_dir.display())))?;
+        if final_dir.exists() {
+            // Say, `previous` installed again (a signed downgrade): swap
+            // the two in one step, so the name never points at nothing.
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &tmp,
+                nix::fcntl::AT_FDCWD,
+                &final_dir,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(|e| UpdateError::io(format!("swapping {}", final_dir.display()))(std::io::Error::from(e)))?;
+            sync(&self.dir)?;
+            remove_all(&tmp)?;
+        } else {
+            std::fs::rename(&tmp, &final_dir)
+                .map_err(UpdateError::io(format!("renaming to {}", final_dir.display())))?;
+        }
         sync(&self.dir)?;
         crash_point("unpacked");
         Ok(final_dir)
@@ -350,6 +386,12 @@ impl Releases {
         downgrade: bool,
         now: Timestamp,
     ) -> Result<State, UpdateError> {
+        if let Some(p) = &state.pending {
+            return Err(UpdateError::Repository(format!(
+                "{} is on probation; a new switch waits until it is committed or rolled back",
+                p.version
+            )));
+        }
         let from = self
             .link("current")
             .ok_or_else(|| UpdateError::Repository(format!("{}/current is not a version link", self.dir.display())))?;
@@ -376,24 +418,39 @@ impl Releases {
         Ok(s)
     }
 
-    /// Back to `previous` (what a rollback does), marking the trial bad.
-    pub fn roll_back(&self, state: &State, reason: &str, now: Timestamp) -> Result<State, UpdateError> {
-        let prev = self
-            .link("previous")
-            .ok_or_else(|| UpdateError::Repository("no previous version to go back to".into()))?;
-        if !is_executable(&self.binary(&prev)) {
+    /// Back to the version the trial came from, marking the trial bad.
+    /// `by` is the version running the rollback (see `State::rolled_back`).
+    pub fn roll_back(&self, state: &State, by: &Version, reason: &str, now: Timestamp) -> Result<State, UpdateError> {
+        let p = state
+            .pending
+            .as_ref()
+            .ok_or_else(|| UpdateError::Repository("no version is on probation".into()))?;
+        if !is_executable(&self.binary(&p.from)) {
             return Err(UpdateError::Repository(format!(
-                "the previous version's {} is missing",
-                self.binary(&prev).display()
+                "the version to go back to, {}, is missing ({})",
+                p.from,
+                self.binary(&p.from).display()
             )));
         }
-        let s = state.rolled_back(reason, now);
+        let s = state.rolled_back(by, reason, now);
+        if s.pending.is_some() {
+            return Err(UpdateError::Repository(format!(
+                "{by} neither is on probation nor came before it ({})",
+                p.version
+            )));
+        }
         // The link first: a crash after it and before the state leaves the
-        // old version running with a pending trial that `on_start` reads
-        // as interrupted, never the bad version running as committed.
-        self.set_link("current", &prev)?;
+        // old version running with the trial still named, which `on_start`
+        // reads as rolled back, never the bad version running as committed.
+        self.set_link("current", &p.from)?;
         self.write_state(&s)?;
         Ok(s)
+    }
+
+    /// One change of the releases directory at a time, whichever process
+    /// makes it; held until dropped.
+    pub fn lock(&self) -> Result<crate::repo::Lock, UpdateError> {
+        crate::repo::lock_dir(&self.dir)
     }
 
     /// Adopts a version installed some other way (the image, a package)
@@ -597,20 +654,33 @@ mod tests {
             "{a:?}"
         );
 
-        let (s, a) = pending("0.3.0", "0.2.0", 1).on_start(&v("0.2.0"), now);
+        // Switched, never started: interrupted, not held against 0.3.0.
+        let (s, a) = pending("0.3.0", "0.2.0", 0).on_start(&v("0.2.0"), now);
         assert_eq!(a, OnStart::Interrupted { version: v("0.3.0") });
         assert_eq!(s.pending, None);
+        assert!(s.bad.is_empty());
         assert_eq!(s.last.unwrap().result, Result_::Failed);
+        // Started, and now the old version runs: a rollback whose record
+        // was lost; 0.3.0 is marked bad.
+        let (s, a) = pending("0.3.0", "0.2.0", 1).on_start(&v("0.2.0"), now);
+        assert_eq!(a, OnStart::RolledBack { version: v("0.3.0") });
+        assert!(s.bad.contains(&v("0.3.0")) && s.pending.is_none());
+        assert_eq!(s.last.unwrap().result, Result_::RolledBack);
     }
 
     #[test]
     fn commit_raises_the_floor_and_rollback_marks_bad() {
         let now = t("2026-12-01T02:10:00Z");
-        let s = pending("0.3.0", "0.2.0", 1).committed(now);
+        let s = pending("0.3.0", "0.2.0", 1).committed(&v("0.3.0"), now);
         assert_eq!((s.floor.clone(), s.pending.clone()), (Some(v("0.3.0")), None));
         assert_eq!(s.last.unwrap().result, Result_::Installed);
 
-        let s = pending("0.3.0", "0.2.0", 1).rolled_back("health: bbb does not answer", now);
+        // Only the version on trial commits itself.
+        assert_eq!(
+            pending("0.3.0", "0.2.0", 1).committed(&v("0.2.0"), now),
+            pending("0.3.0", "0.2.0", 1)
+        );
+        let s = pending("0.3.0", "0.2.0", 1).rolled_back(&v("0.3.0"), "health: bbb does not answer", now);
         assert_eq!(s.floor, Some(v("0.2.0")));
         assert!(s.bad.contains(&v("0.3.0")));
         let last = s.last.unwrap();
@@ -623,8 +693,8 @@ mod tests {
         // older version (never planned, but) does not.
         let mut d = pending("0.1.5", "0.2.0", 1);
         d.pending.as_mut().unwrap().downgrade = true;
-        assert_eq!(d.committed(now).floor, Some(v("0.1.5")));
+        assert_eq!(d.committed(&v("0.1.5"), now).floor, Some(v("0.1.5")));
         let o = pending("0.1.5", "0.2.0", 1);
-        assert_eq!(o.committed(now).floor, Some(v("0.2.0")));
+        assert_eq!(o.committed(&v("0.1.5"), now).floor, Some(v("0.2.0")));
     }
 }

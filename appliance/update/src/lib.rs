@@ -61,6 +61,8 @@ pub enum UpdateError {
     },
     #[error("the repository: {0}")]
     Repository(String),
+    #[error("another update is under way ({0} is locked); try again when it is done")]
+    Busy(String),
 }
 
 impl UpdateError {
@@ -85,6 +87,7 @@ impl UpdateError {
             UpdateError::TrustedRoot(_) => "trusted_root",
             UpdateError::Io { .. } => "io",
             UpdateError::Repository(_) => "repository",
+            UpdateError::Busy(_) => "busy",
         }
     }
 }

@@ -20,8 +20,9 @@ pub const FORMAT: u32 = 1;
 /// A manifest larger than this is refused before it is read.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
+/// Fields this version does not know are ignored (a newer publisher may
+/// add some); a change old nodes must not misread bumps `format`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     #[serde(default)]
@@ -34,7 +35,6 @@ pub struct Manifest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Release {
     pub version: Version,
     pub channel: String,
@@ -55,7 +55,6 @@ pub struct Release {
 /// `fleet_percent` may install the release. Waves are cumulative: a later
 /// wave has a later start and a larger share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Wave {
     pub start: Timestamp,
     pub fleet_percent: u8,
@@ -271,8 +270,10 @@ mod tests {
             let e = Manifest::parse(&m.to_json()).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should say {want:?}");
         }
-        let e = Manifest::parse(br#"{"format":1,"releases":[],"surprise":1}"#).unwrap_err();
-        assert!(e.to_string().contains("surprise"), "{e}");
+        // A newer publisher's extra fields are ignored, not fatal: the
+        // fleet must still be able to receive the release that fixes it.
+        let m = Manifest::parse(br#"{"format":1,"releases":[],"surprise":1}"#).unwrap();
+        assert!(m.releases.is_empty());
         let e = Manifest::parse(br#"{"format":1,"releases":[{"version":"one","channel":"stable","target":"a"}]}"#)
             .unwrap_err();
         assert!(matches!(e, ManifestError::Shape(_)), "{e}");

@@ -219,6 +219,7 @@ impl Publisher {
     /// Starts a repository from a root signed offline: an empty manifest,
     /// targets, snapshot and timestamp at version 1.
     pub async fn init(&self, root_json: &[u8]) -> Result<Published, UpdateError> {
+        let _lock = crate::repo::lock_dir(&self.dir)?;
         if self.metadata().join("timestamp.json").exists() {
             return Err(UpdateError::Repository(format!(
                 "{} already holds a repository",
@@ -310,6 +311,8 @@ impl Publisher {
         tarball: &Path,
         ceiling: Option<semver::Version>,
     ) -> Result<Published, UpdateError> {
+        // One publish at a time (the cron job's timestamp and a release).
+        let _lock = crate::repo::lock_dir(&self.dir)?;
         let (repo, _) = self.load().await?;
         let mut manifest = Self::manifest_of(&repo).await?;
         if manifest
@@ -341,6 +344,8 @@ impl Publisher {
     /// Sets or clears a channel's signed ceiling (a deliberate fleet
     /// downgrade when set below what the channel runs).
     pub async fn set_ceiling(&self, channel: &str, ceiling: Option<semver::Version>) -> Result<Published, UpdateError> {
+        // One publish at a time (the cron job's timestamp and a release).
+        let _lock = crate::repo::lock_dir(&self.dir)?;
         crate::manifest::check_channel(channel)?;
         let (repo, _) = self.load().await?;
         let mut manifest = Self::manifest_of(&repo).await?;
@@ -355,6 +360,8 @@ impl Publisher {
     /// The cron job: a new timestamp; snapshot and targets are renewed
     /// too when they would expire within `RENEW_BEFORE`.
     pub async fn timestamp(&self, now: Timestamp) -> Result<Published, UpdateError> {
+        // One publish at a time (the cron job's timestamp and a release).
+        let _lock = crate::repo::lock_dir(&self.dir)?;
         let (repo, _) = self.load().await?;
         let soon = now + RENEW_BEFORE;
         if repo.snapshot().signed.expires < soon || repo.targets().signed.expires < soon {
@@ -387,6 +394,8 @@ impl Publisher {
     /// Publishes a root signed offline (`sign_root` with the previous root)
     /// and re-signs the online roles, with keys the new root may name.
     pub async fn rotate_root(&self, new_root: &[u8]) -> Result<Published, UpdateError> {
+        // One publish at a time (the cron job's timestamp and a release).
+        let _lock = crate::repo::lock_dir(&self.dir)?;
         let (repo, _) = self.load().await?;
         let next: Signed<Root> =
             serde_json::from_slice(new_root).map_err(|e| UpdateError::TrustedRoot(e.to_string()))?;
@@ -434,6 +443,7 @@ impl Publisher {
         manifest_json: &[u8],
         new_target: Option<(String, PathBuf)>,
     ) -> Result<(), UpdateError> {
+        let _lock = crate::repo::lock_dir(&self.dir)?;
         let (repo, _) = self.load().await?;
         self.write_bytes(Some(repo), manifest_json, new_target, Timestamp::now())
             .await

@@ -303,33 +303,78 @@ impl Trust {
         })
     }
 
+    /// Keeps what tough verified: the four roles as the repository object
+    /// holds them (not re-read from the scratch directory, where a file
+    /// could be missing), and tough's latest known time.
     fn commit(&self, work: &Path, repo: &tough::Repository) -> Result<(), UpdateError> {
+        let json = |what: &str, r: Result<String, serde_json::Error>| {
+            r.map_err(|e| UpdateError::Repository(format!("serializing {what}: {e}")))
+        };
         let mut kept = Kept::default();
-        for name in KEPT {
-            match std::fs::read_to_string(work.join(name)) {
-                Ok(text) => {
-                    kept.files.insert(name.to_string(), text);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(UpdateError::io(format!("reading {name}"))(e)),
+        kept.files
+            .insert("root.json".into(), json("root", serde_json::to_string(repo.root()))?);
+        kept.files.insert(
+            "timestamp.json".into(),
+            json("timestamp", serde_json::to_string(repo.timestamp()))?,
+        );
+        kept.files.insert(
+            "snapshot.json".into(),
+            json("snapshot", serde_json::to_string(repo.snapshot()))?,
+        );
+        kept.files.insert(
+            "targets.json".into(),
+            json("targets", serde_json::to_string(repo.targets()))?,
+        );
+        match std::fs::read_to_string(work.join("latest_known_time.json")) {
+            Ok(text) => {
+                kept.files.insert("latest_known_time.json".into(), text);
             }
-        }
-        // tough writes the targets role to its datastore only in some
-        // versions; keep the one it verified either way.
-        if !kept.files.contains_key("targets.json") {
-            let text = serde_json::to_string(repo.targets())
-                .map_err(|e| UpdateError::Repository(format!("serializing targets: {e}")))?;
-            kept.files.insert("targets.json".into(), text);
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(UpdateError::io("reading latest_known_time.json")(e)),
         }
         let bytes = serde_json::to_vec(&kept).expect("strings serialize");
         write_atomically(&self.kept_path(), &bytes)
     }
+
+    /// One refresh or install at a time per node, whichever process (the
+    /// supervisor, `appliance update`) runs it: held until dropped.
+    pub fn lock(&self) -> Result<Lock, UpdateError> {
+        lock_dir(&self.dir)
+    }
+}
+
+/// An exclusive lock on a directory's `.lock` file, released when dropped.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub fn lock_dir(dir: &Path) -> Result<Lock, UpdateError> {
+    std::fs::create_dir_all(dir).map_err(UpdateError::io(format!("creating {}", dir.display())))?;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(UpdateError::io(format!("opening {}", path.display())))?;
+    // Never wait: a second update while one runs is refused, not queued
+    // (it would block an async worker, and the first one may take an hour).
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(Lock)
+        .map_err(|(_, e)| match e {
+            nix::errno::Errno::EWOULDBLOCK => UpdateError::Busy(dir.display().to_string()),
+            e => UpdateError::io(format!("locking {}", path.display()))(std::io::Error::from(e)),
+        })
 }
 
 /// Temporary file, fsync, rename, fsync of the directory.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().expect("a file in a directory");
-    let tmp = path.with_extension("tmp");
+    // A name of this process and call alone: two writers never share a
+    // temporary file (the rename then decides who wins, whole either way).
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(UpdateError::io(format!("creating {}", tmp.display())))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())

@@ -40,10 +40,23 @@ pub struct Checked {
 }
 
 impl Updater {
+    /// The longest a metadata refresh may take: a server sending a byte a
+    /// minute must not hold the node's checks for weeks.
+    pub const REFRESH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
     pub async fn refresh(&self, expiry: Expiry) -> Result<Verified, UpdateError> {
-        self.trust
-            .refresh(&self.source, HttpTransport::new(self.client.clone()), expiry)
+        let _lock = self.trust.lock()?;
+        let refresh = self
+            .trust
+            .refresh(&self.source, HttpTransport::new(self.client.clone()), expiry);
+        tokio::time::timeout(Self::REFRESH_DEADLINE, refresh)
             .await
+            .unwrap_or_else(|_| {
+                Err(UpdateError::Unreachable(format!(
+                    "the metadata did not arrive within {} s",
+                    Self::REFRESH_DEADLINE.as_secs()
+                )))
+            })
     }
 
     pub fn plan(&self, v: &Verified, state: &State, now: Timestamp) -> Plan {
@@ -91,6 +104,20 @@ impl Updater {
             name: release.target.clone(),
             detail: "not in the verified targets".into(),
         })?;
+        let _lock = self.releases.lock()?;
+        let mut state = self.releases.read_state(&self.running)?;
+        if let Some(p) = &state.pending {
+            if self.releases.link("current").as_ref() == Some(&p.version) {
+                return Err(UpdateError::Repository(format!(
+                    "{} is on probation; nothing else is installed until it is committed or rolled back",
+                    p.version
+                )));
+            }
+            // A switch that a crash cut short (`current` never moved):
+            // nothing ran, so nothing is held against that version.
+            state.pending = None;
+            self.releases.write_state(&state)?;
+        }
         let staged = async {
             let tarball = self.downloader.fetch(target, &self.staging, progress).await?;
             let releases = self.releases.clone();
@@ -101,7 +128,8 @@ impl Updater {
         }
         .await;
         let state = self.releases.read_state(&self.running)?;
-        if let Err(e) = staged {
+        let switched = staged.and_then(|_| self.releases.switch(&state, &release.version, *downgrade, now));
+        if let Err(e) = switched {
             let mut s = state;
             s.last = Some(Outcome {
                 at: now,
@@ -109,10 +137,14 @@ impl Updater {
                 result: Result_::Failed,
                 reason: e.to_string(),
             });
-            self.releases.write_state(&s)?;
+            // The cause is what matters; a failure to record it is logged.
+            if let Err(w) = self.releases.write_state(&s) {
+                log::error!("updates: recording the failed install: {w}");
+            }
             return Err(e);
         }
-        self.releases.switch(&state, &release.version, *downgrade, now)?;
+        // Downloads of other versions, and what an abandoned one left.
+        Downloader::clean_staging(&self.staging, target);
         Ok(Some(release.version.clone()))
     }
 }
