@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use appliance_e2e::{free_port, metric, repo_root, tls, wait_for};
+use appliance_e2e::release::Repo;
+use appliance_e2e::{bin, free_port, metric, repo_root, tls, wait_for};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -82,6 +83,51 @@ impl Vm {
 
     fn status(&self) -> Value {
         serde_json::from_str(&self.run("appliance status --json")).expect("status JSON")
+    }
+
+    /// The status, or why not (the supervisor may be restarting).
+    fn try_status(&self) -> Result<Value, String> {
+        match self.sh("appliance status --json") {
+            (0, out) => serde_json::from_str(&out).map_err(|e| e.to_string()),
+            (c, _) => Err(format!("appliance status exited {c}")),
+        }
+    }
+
+    /// Writes `bytes` to `path` in the VM (through SSH's stdin).
+    fn put(&self, path: &str, bytes: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("ssh")
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .args(["-o", "BatchMode=yes", "root@127.0.0.1", &format!("cat > {path}")])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        assert!(child.wait().unwrap().success(), "writing {path} in the VM");
+    }
+
+    /// A call of BBB's API on the stand-in in the VM, signed with the
+    /// node's own secret (SHA-1, as bbb-web accepts).
+    fn bbb(&self, call: &str, query: &str) -> String {
+        self.run(&format!(
+            "q='{query}'; c=$(printf '%s%s%s' {call} \"$q\" \"$(cat /etc/appliance/bbb-secret)\" | sha1sum | cut -c1-40); \
+             curl -s \"http://127.0.0.1:8090/bigbluebutton/api/{call}?$q&checksum=$c\""
+        ))
+    }
+
+    /// Asks the supervisor's update task to check now.
+    fn check_updates(&self) {
+        self.run("curl -sf --unix-socket /var/lib/appliance/control.sock -X POST http://node/v1/update/check");
     }
 
     fn services(&self) -> Value {
@@ -491,5 +537,258 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
     assert!(lines.as_array().unwrap().iter().all(|l| l["unit"] == "nginx.service"));
     let screen = vm.run("appliance console --once");
     assert!(screen.contains("Setup        done") && !screen.contains(&setup_code));
+
+    signed_updates(&vm, addr);
     eprintln!("VM: whole scenario in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// `appliance-ops serve` on the host, reached from the VM at 10.0.2.2.
+struct Ops {
+    child: Child,
+    config: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Ops {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ops {
+    fn start(repository: &Path) -> Ops {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("ops.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\npublic_url = \"https://10.0.2.2:{port}\"\nstate_dir = \"state\"\nreport_interval = \"5s\"\nupdate_repository = {:?}\n",
+                repository.display().to_string()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin("appliance-ops"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ops = Ops {
+            child,
+            config,
+            port,
+            _dir: dir,
+        };
+        let cert = ops.config.parent().unwrap().join("state/tls/admin-cert.pem");
+        wait_for("ops /healthz", T, || {
+            let r = tls::https_get(
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                "/healthz",
+                tls::pem_fingerprint(&cert).as_deref(),
+            )?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(r.status.to_string())
+            }
+        });
+        ops
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("appliance-ops"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "appliance-ops {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// What ops knows of the VM's updates (from its reports).
+    fn node_update(&self) -> Value {
+        let nodes: Value = serde_json::from_str(&self.cli(&["nodes", "--json"])).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "lab-vm")
+            .map(|n| n["update"].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// Global ops publishes releases; the node takes each inside its window and
+/// never during a meeting, keeps a good one, takes back one that does not
+/// start and one that starts but fails its health checks, marks both bad,
+/// does not retry them, and reports each result to ops.
+fn signed_updates(vm: &Vm, addr: std::net::SocketAddr) {
+    let t0 = Instant::now();
+    let repo = Repo::new();
+    let ops = Ops::start(&repo.p("repo"));
+    let token = ops.cli(&["token", "create", "--node", "lab-vm"]);
+    let token = token.lines().last().unwrap().trim().to_string();
+    vm.run(&format!(
+        "appliance enroll --ops https://10.0.2.2:{} --token {token}",
+        ops.port
+    ));
+    vm.put(
+        "/etc/appliance/update-root.json",
+        &std::fs::read(repo.p("root.json")).unwrap(),
+    );
+    vm.run(
+        "printf '\\n[update]\\nroot = \"/etc/appliance/update-root.json\"\\nwindow = \"00:00-23:59\"\\nhealth_deadline = \"45s\"\\n' \
+         >> /etc/appliance/appliance.toml && systemctl restart appliance",
+    );
+    let st = wait_for("the supervisor with updates on", T, || match vm.try_status() {
+        Ok(s) if !s["update"].is_null() => Ok(s),
+        Ok(s) => Err(s["update"].to_string()),
+        Err(e) => Err(e),
+    });
+    let first = st["update"]["running"].as_str().unwrap().to_string();
+    assert_eq!(
+        first,
+        env!("CARGO_PKG_VERSION"),
+        "the image's own supervisor is the first release"
+    );
+    assert_eq!(vm.run("readlink /var/lib/appliance/releases/current").trim(), first);
+    let release_bin = std::fs::read(repo_root().join("target/release/appliance")).unwrap();
+
+    // A meeting runs: 0.2.0 is found but waits.
+    vm.bbb("create", "meetingID=board&name=Board");
+    vm.bbb("join", "meetingID=board&fullName=Alice&role=MODERATOR");
+    wait_for("the meeting seen", T, || match vm.try_status() {
+        Ok(s) if s["bbb"]["meetings"] == 1 => Ok(()),
+        Ok(s) => Err(s["bbb"].to_string()),
+        Err(e) => Err(e),
+    });
+    repo.add("0.2.0", &release_bin);
+    vm.check_updates();
+    wait_for("0.2.0 found and held back by the meeting", T, || {
+        let waiting = vm.sh("journalctl -u appliance --no-pager | grep -c 'updates: waiting: 1 meetings running'");
+        match vm.try_status() {
+            Ok(s) if s["update"]["available"] == "0.2.0" && waiting.1.trim() != "0" => Ok(()),
+            Ok(s) => Err(format!("{} / {}", s["update"], waiting.1)),
+            Err(e) => Err(e),
+        }
+    });
+    assert_eq!(
+        vm.status()["update"]["running"],
+        first.as_str(),
+        "nothing installed during the meeting"
+    );
+    // The meeting ends: it is installed, starts, passes its checks.
+    vm.bbb("end", "meetingID=board");
+    vm.check_updates();
+    let st = wait_for("0.2.0 installed and committed", Duration::from_secs(300), || {
+        match vm.try_status() {
+            Ok(s)
+                if s["update"]["running"] == "0.2.0"
+                    && s["update"]["probation"].is_null()
+                    && s["update"]["last_result"]["result"] == "installed" =>
+            {
+                Ok(s)
+            }
+            Ok(s) => Err(s["update"].to_string()),
+            Err(e) => Err(e),
+        }
+    });
+    assert_eq!(st["node"]["version"], "0.2.0");
+    assert_eq!(st["update"]["previous"], first.as_str());
+    let r = tls::https_get(addr, "/healthz", None).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "ok\n"),
+        "the new version serves the admin page"
+    );
+    eprintln!(
+        "VM: 0.2.0 installed after the meeting, committed, {:.0} s into the update scenario",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 0.3.0 exits at once: counted before each start, taken back after three.
+    repo.add("0.3.0", b"#!/bin/sh\necho 'this release does not start' >&2\nexit 1\n");
+    vm.check_updates();
+    let rolled_back = |v: &str, why: &str| {
+        wait_for(&format!("{v} rolled back"), Duration::from_secs(300), || {
+            match vm.try_status() {
+                Ok(s)
+                    if s["update"]["running"] == "0.2.0"
+                        && s["update"]["bad"].as_array().unwrap().iter().any(|b| b == v)
+                        && s["update"]["last_result"]["version"] == v
+                        && s["update"]["last_result"]["result"] == "rolled_back" =>
+                {
+                    Ok(s)
+                }
+                Ok(s) => Err(s["update"].to_string()),
+                Err(e) => Err(e),
+            }
+        });
+        let st = vm.status();
+        let reason = st["update"]["last_result"]["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(why), "{v}: {reason}");
+        // Reported to ops.
+        wait_for(&format!("ops to hear of {v}"), T, || {
+            let u = ops.node_update();
+            match u["last_result"].as_str() {
+                Some(r) if r.starts_with(&format!("{v} rolled_back")) => Ok(()),
+                _ => Err(u.to_string()),
+            }
+        });
+    };
+    rolled_back("0.3.0", "started 3 times");
+    eprintln!(
+        "VM: 0.3.0 (exits at start) rolled back, {:.0} s in",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 0.4.0 starts but BBB refuses it (a wrong secret): its health checks
+    // fail and it takes itself back.
+    let wrapper = b"#!/bin/sh\n# Starts the real supervisor with a BBB secret that BBB refuses.\nhere=\"$(dirname \"$(readlink -f \"$0\")\")\"\nsed 's|^secret_file = .*|secret = \"not-the-secret-0000\"|' /etc/appliance/appliance.toml > /var/lib/appliance/wrong-secret.toml\nexec \"$here/appliance.real\" run --config /var/lib/appliance/wrong-secret.toml\n";
+    repo.add_files(
+        "0.4.0",
+        &[("appliance", wrapper, 0o755), ("appliance.real", &release_bin, 0o755)],
+    );
+    vm.check_updates();
+    rolled_back("0.4.0", "BBB does not answer");
+    eprintln!(
+        "VM: 0.4.0 (fails its health checks) rolled back, {:.0} s in",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Neither is tried again.
+    let before = vm.status()["update"]["last_check"].as_f64().unwrap_or(0.0);
+    vm.check_updates();
+    let st = wait_for("another check", T, || match vm.try_status() {
+        Ok(s) if s["update"]["last_check"].as_f64().unwrap_or(0.0) > before => Ok(s),
+        Ok(s) => Err(s["update"].to_string()),
+        Err(e) => Err(e),
+    });
+    assert_eq!(st["update"]["running"], "0.2.0");
+    assert!(st["update"]["probation"].is_null());
+    let passed: Vec<String> = st["update"]["passed_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    for v in ["0.3.0", "0.4.0"] {
+        assert!(
+            passed
+                .iter()
+                .any(|p| p.starts_with(&format!("{v} failed on this node before"))),
+            "{passed:?}"
+        );
+    }
+    eprintln!("VM: signed updates scenario in {:.0} s", t0.elapsed().as_secs_f64());
 }

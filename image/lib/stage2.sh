@@ -100,7 +100,19 @@ CONF
     install -m 0644 "$RECIPE_FILE" "$ROOT/usr/share/appliance/recipes/$RECIPE_NAME.toml"
 
     install -m 0644 "$REPO_ROOT/image/units/appliance.service" "$ROOT/lib/systemd/system/appliance.service"
+    install -m 0644 "$REPO_ROOT/image/units/appliance-rollback.service" "$ROOT/lib/systemd/system/appliance-rollback.service"
     enable_units appliance.service
+
+    # The first release is the image's own supervisor: updates switch
+    # releases/current, which the unit runs (docs/updates.md).
+    local version
+    version="$("$BIN_DIR/appliance" --version | awk '{print $2}')"
+    [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] || die "cannot tell the supervisor's version (got \"$version\")"
+    install -d -m 0750 "$ROOT/var/lib/appliance" "$ROOT/var/lib/appliance/releases"
+    install -d -m 0755 "$ROOT/var/lib/appliance/releases/$version"
+    install -m 0755 "$BIN_DIR/appliance" "$ROOT/var/lib/appliance/releases/$version/appliance"
+    ln -sfn "$version" "$ROOT/var/lib/appliance/releases/current"
+    in_root chown -R appliance:appliance /var/lib/appliance
 
     # The console screen replaces the login prompt on tty1 and the serial
     # port (the lab image is entered with SSH).

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+pub mod release;
 pub mod tls;
 pub mod webdriver;
 

@@ -115,7 +115,13 @@ enum UpdateCommand {
     Rollback {
         #[arg(long, default_value = "rolled back by an operator")]
         reason: String,
+        /// For the unit's OnFailure=: exit 1 when nothing is on probation.
+        #[arg(long)]
+        after_failure: bool,
     },
+    /// For the unit's ExecStartPre=: count the start of a version on
+    /// probation, and switch back once it started too often.
+    BeforeStart,
 }
 
 #[derive(Subcommand)]
@@ -172,7 +178,8 @@ fn main() -> ExitCode {
                     now,
                 } => update::apply(&cfg, from.as_deref(), now, allow_expired),
                 UpdateCommand::Status { json } => update::status(&cfg, json),
-                UpdateCommand::Rollback { reason } => update::rollback(&cfg, &reason),
+                UpdateCommand::Rollback { reason, after_failure } => update::rollback(&cfg, &reason, after_failure),
+                UpdateCommand::BeforeStart => update::before_start(&cfg),
             }
         }
     };

@@ -294,13 +294,50 @@ fn print_state(s: &State) {
     }
 }
 
-/// Run by known-good code (the previous version, from the unit's
-/// `OnFailure=`) or by the new version when its health checks fail.
-pub fn rollback(cfg: &Config, reason: &str) -> Result<()> {
+/// The unit's `ExecStartPre=`, run by the image's own binary before every
+/// start: counts the starts of a version on trial and, past the limit,
+/// switches back before this start (a release that exits at once never
+/// gets to count itself). Never fails the start: any problem is printed.
+pub fn before_start(cfg: &Config) -> Result<()> {
+    use appliance_update::install::BeforeStart;
+    let releases = Releases::new(cfg.releases_dir());
+    let Some(current) = releases.link("current") else {
+        return Ok(());
+    };
+    let _lock = releases.lock()?;
+    let state = releases.read_state(&current)?;
+    let (state, decision) = state.before_start(&current);
+    match decision {
+        BeforeStart::Nothing => Ok(()),
+        BeforeStart::Counted { version, starts } => {
+            releases.write_state(&state)?;
+            println!("{version} is on probation: start {starts}");
+            Ok(())
+        }
+        BeforeStart::RollBack { version, reason } => {
+            releases.write_state(&state)?;
+            let s = releases.roll_back(&state, &version, &reason, Timestamp::now())?;
+            println!(
+                "{version} {reason}: rolled back to {}; {version} is marked bad",
+                releases.link("current").map_or("-".into(), |v| v.to_string())
+            );
+            print_state(&s);
+            Ok(())
+        }
+    }
+}
+
+/// Run by known-good code (the image's binary, from the unit's
+/// `OnFailure=`) or by an operator. With `after_failure`, having nothing
+/// to roll back is an error (exit 1), so that the unit restarts nothing.
+pub fn rollback(cfg: &Config, reason: &str, after_failure: bool) -> Result<()> {
     let releases = Releases::new(cfg.releases_dir());
     let running = installed_version(cfg);
     let state = releases.read_state(&running)?;
     let Some(p) = &state.pending else {
+        if after_failure {
+            bail!("no version on probation: the supervisor failed for another reason, nothing to roll back");
+        }
         println!("no version on probation; nothing to roll back");
         return Ok(());
     };
@@ -459,7 +496,10 @@ pub async fn task(
             return;
         }
     };
-    let (state, start) = state.on_start(&running, Timestamp::now());
+    // Under the image's unit, `appliance update before-start` counted this
+    // start already (it says so in the environment).
+    let counted = std::env::var_os("APPLIANCE_STARTS_COUNTED").is_some();
+    let (state, start) = state.on_start(&running, counted, Timestamp::now());
     if let Err(e) = releases.write_state(&state) {
         log::error!("updates: {e}");
         if let OnStart::Trial { version } = &start {

@@ -92,6 +92,22 @@ pub enum Result_ {
     Failed,
 }
 
+/// What `before_start` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeforeStart {
+    /// No trial, or `current` is not the version on trial.
+    Nothing,
+    Counted {
+        version: Version,
+        starts: u32,
+    },
+    /// Too many starts: switch back before this one.
+    RollBack {
+        version: Version,
+        reason: String,
+    },
+}
+
 /// What a supervisor that just started should do about updates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnStart {
@@ -124,9 +140,43 @@ impl State {
         self.floor.as_ref().unwrap_or(running)
     }
 
+    /// Pure: what systemd starting `current` means, decided before it runs
+    /// (`appliance update before-start`, the unit's `ExecStartPre=`, run by
+    /// the image's own binary): the start of a version on trial is counted
+    /// there, so that a release that cannot even run our code is counted
+    /// too, and taken back after `MAX_TRIAL_STARTS` starts.
+    pub fn before_start(&self, current: &Version) -> (State, BeforeStart) {
+        let mut s = self.clone();
+        let Some(p) = self.pending.clone() else {
+            return (s, BeforeStart::Nothing);
+        };
+        if p.version != *current {
+            return (s, BeforeStart::Nothing);
+        }
+        let starts = p.starts + 1;
+        s.pending = Some(Pending { starts, ..p.clone() });
+        if starts > MAX_TRIAL_STARTS {
+            return (
+                s,
+                BeforeStart::RollBack {
+                    version: p.version,
+                    reason: format!("started {} times without passing its health checks", starts - 1),
+                },
+            );
+        }
+        (
+            s,
+            BeforeStart::Counted {
+                version: p.version,
+                starts,
+            },
+        )
+    }
+
     /// Pure: what a start of `running` means, and the state to write
-    /// before doing anything else.
-    pub fn on_start(&self, running: &Version, now: Timestamp) -> (State, OnStart) {
+    /// before doing anything else. `counted`: `before_start` already
+    /// counted this start (under systemd); otherwise it is counted here.
+    pub fn on_start(&self, running: &Version, counted: bool, now: Timestamp) -> (State, OnStart) {
         let mut s = self.clone();
         let Some(p) = self.pending.clone() else {
             return (s, OnStart::Normal);
@@ -151,6 +201,9 @@ impl State {
                 reason: format!("the switch to {} was interrupted; {running} kept running", p.version),
             });
             return (s, OnStart::Interrupted { version: p.version });
+        }
+        if counted {
+            return (s, OnStart::Trial { version: p.version });
         }
         let starts = p.starts + 1;
         s.pending = Some(Pending { starts, ..p.clone() });
@@ -336,8 +389,10 @@ impl Releases {
                 std::fs::create_dir_all(parent).map_err(UpdateError::io(format!("creating {}", parent.display())))?;
             }
             let file = std::fs::File::create(&out).map_err(UpdateError::io(format!("creating {}", out.display())))?;
+            // `appliance` is always executable; other files as packed.
+            let packed_exec = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
             let executable = rel == Path::new(BINARY);
-            let mode = if executable { 0o755 } else { 0o644 };
+            let mode = if executable || packed_exec { 0o755 } else { 0o644 };
             file.set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(UpdateError::io(format!("writing {}", out.display())))?;
             let copied =
@@ -640,32 +695,59 @@ mod tests {
     #[test]
     fn what_a_start_means() {
         let now = t("2026-12-01T02:05:00Z");
-        let (s, a) = State::new(&v("0.2.0")).on_start(&v("0.2.0"), now);
+        let (s, a) = State::new(&v("0.2.0")).on_start(&v("0.2.0"), false, now);
         assert_eq!(a, OnStart::Normal);
         assert_eq!(s.floor, Some(v("0.2.0")));
 
-        let (s, a) = pending("0.3.0", "0.2.0", 0).on_start(&v("0.3.0"), now);
+        let (s, a) = pending("0.3.0", "0.2.0", 0).on_start(&v("0.3.0"), false, now);
         assert_eq!(a, OnStart::Trial { version: v("0.3.0") });
         assert_eq!(s.pending.unwrap().starts, 1);
 
-        let (_, a) = pending("0.3.0", "0.2.0", MAX_TRIAL_STARTS).on_start(&v("0.3.0"), now);
+        let (_, a) = pending("0.3.0", "0.2.0", MAX_TRIAL_STARTS).on_start(&v("0.3.0"), false, now);
         assert!(
             matches!(a, OnStart::RollBack { ref reason, .. } if reason.contains("started 3 times")),
             "{a:?}"
         );
 
         // Switched, never started: interrupted, not held against 0.3.0.
-        let (s, a) = pending("0.3.0", "0.2.0", 0).on_start(&v("0.2.0"), now);
+        let (s, a) = pending("0.3.0", "0.2.0", 0).on_start(&v("0.2.0"), false, now);
         assert_eq!(a, OnStart::Interrupted { version: v("0.3.0") });
         assert_eq!(s.pending, None);
         assert!(s.bad.is_empty());
         assert_eq!(s.last.unwrap().result, Result_::Failed);
         // Started, and now the old version runs: a rollback whose record
         // was lost; 0.3.0 is marked bad.
-        let (s, a) = pending("0.3.0", "0.2.0", 1).on_start(&v("0.2.0"), now);
+        let (s, a) = pending("0.3.0", "0.2.0", 1).on_start(&v("0.2.0"), false, now);
         assert_eq!(a, OnStart::RolledBack { version: v("0.3.0") });
         assert!(s.bad.contains(&v("0.3.0")) && s.pending.is_none());
         assert_eq!(s.last.unwrap().result, Result_::RolledBack);
+    }
+
+    #[test]
+    fn starts_are_counted_before_they_happen_under_systemd() {
+        let now = t("2026-12-01T02:05:00Z");
+        let (s, b) = pending("0.3.0", "0.2.0", 0).before_start(&v("0.3.0"));
+        assert_eq!(
+            b,
+            BeforeStart::Counted {
+                version: v("0.3.0"),
+                starts: 1
+            }
+        );
+        // The supervisor that then runs does not count it again.
+        let (s2, a) = s.on_start(&v("0.3.0"), true, now);
+        assert_eq!(a, OnStart::Trial { version: v("0.3.0") });
+        assert_eq!(s2.pending.unwrap().starts, 1);
+        let (_, b) = pending("0.3.0", "0.2.0", MAX_TRIAL_STARTS).before_start(&v("0.3.0"));
+        assert!(
+            matches!(b, BeforeStart::RollBack { ref reason, .. } if reason.contains("started 3 times")),
+            "{b:?}"
+        );
+        // Not the version on trial: nothing to count.
+        let (_, b) = pending("0.3.0", "0.2.0", 1).before_start(&v("0.2.0"));
+        assert_eq!(b, BeforeStart::Nothing);
+        let (_, b) = State::new(&v("0.2.0")).before_start(&v("0.2.0"));
+        assert_eq!(b, BeforeStart::Nothing);
     }
 
     #[test]
