@@ -3,10 +3,15 @@
 # and writes files (plus a few offline tools run in the tree with chroot,
 # which need no mounts and start nothing) and takes seconds.
 #
+# The tree becomes a read-only, verified root (lib/disk.sh): nothing here
+# may count on writing below / at run time except under /var (the data
+# partition), /run and /tmp. Files a box makes for itself (machine-id,
+# secrets, SSH host keys) live under /var.
+#
 # Inputs (set by image/build): ROOT (the unpacked tree), REPO_ROOT,
 # RECIPE_FILE, RECIPE_NAME, RECIPE_OVERLAY, RECIPE_TEST_SSH, RECIPE_UNITS,
-# BIN_DIR, SSH_PUBKEY, ROOT_PARTUUID, ESP_PARTUUID, NODE_NAME, STAGE1_KEY,
-# PYTHON.
+# BIN_DIR, SSH_PUBKEY, NODE_NAME, STAGE1_KEY, OS_VERSION, UPDATE_ROOT,
+# UPDATE_SETTINGS, PYTHON.
 
 # in_root CMD...: run a tool of the image inside the tree, offline.
 in_root() { chroot "$ROOT" "$@"; }
@@ -22,9 +27,10 @@ stage2_identity() {
 127.0.1.1	$NODE_NAME
 ::1	localhost ip6-localhost ip6-loopback
 HOSTS
-    # Empty machine-id (stage 1 left it so): every VM and box gets its own on
-    # first boot. That also makes systemd think "first boot" and run
-    # systemd-firstboot, which would wait for answers on tty1: masked.
+    # Empty machine-id (stage 1 left it so): the initramfs binds the box's
+    # own, made at its first boot and kept on the data partition
+    # (/var/lib/machine-id), over it. systemd-firstboot would wait for
+    # answers on tty1 if it ever ran: masked.
     : >"$ROOT/etc/machine-id"
     ln -sf /dev/null "$ROOT/etc/systemd/system/systemd-firstboot.service"
     # Packages are updated by installing a new image, never by apt on the box.
@@ -32,14 +38,18 @@ HOSTS
 }
 
 stage2_boot_config() {
-    # The root file system by partition UUID (the disk may be vda, sda or
-    # nvme0n1); the ESP is only mounted when something reads it, so a power
-    # cut rarely finds the FAT file system mounted.
-    mkdir -p "$ROOT/boot/efi"
-    cat >"$ROOT/etc/fstab" <<FSTAB
-# Written by image/build. The ESP holds systemd-boot, the kernel and initrd.
-PARTUUID=$ROOT_PARTUUID	/	ext4	defaults,errors=remount-ro	0	1
-PARTUUID=$ESP_PARTUUID	/boot/efi	vfat	umask=0077,noauto,x-systemd.automount,x-systemd.idle-timeout=60	0	2
+    # / is the verified root slot the initramfs opened (/dev/mapper/root,
+    # read-only by construction); /var is the data partition, mounted by
+    # the initramfs (it also carries the machine-id); /tmp is memory. The
+    # ESP is found and mounted on /efi by systemd-gpt-auto-generator (the
+    # disk systemd-boot started from), so no UUID of this build is baked in:
+    # the USB installer gives each installed disk its own.
+    mkdir -p "$ROOT/efi"
+    cat >"$ROOT/etc/fstab" <<'FSTAB'
+# Written by image/build. /var (the data partition) is mounted by the
+# initramfs, the ESP on /efi by systemd-gpt-auto-generator: docs/image.md.
+/dev/mapper/root	/	squashfs	ro	0	0
+tmpfs	/tmp	tmpfs	mode=1777,nosuid,nodev,size=20%	0	0
 FSTAB
 
     # The journal goes to the console as well (serial in QEMU, where the
@@ -51,6 +61,12 @@ FSTAB
 ForwardToConsole=yes
 MaxLevelConsole=info
 CONF
+
+    # First boot on a disk larger than the image: the data partition grows
+    # to its end (image/lib/grow-data).
+    install -D -m 0755 "$REPO_ROOT/image/lib/grow-data" "$ROOT/usr/lib/appliance/grow-data"
+    install -m 0644 "$REPO_ROOT/image/units/appliance-grow-data.service" "$ROOT/lib/systemd/system/"
+    enable_units appliance-grow-data.service
 }
 
 stage2_network() {
@@ -103,6 +119,15 @@ CONF
     install -m 0644 "$REPO_ROOT/image/units/appliance-rollback.service" "$ROOT/lib/systemd/system/appliance-rollback.service"
     enable_units appliance.service
 
+    # OS updates (docs/image.md): the root unit that writes the other slot,
+    # the reboot into it, the check at every boot, and the health gate
+    # before boot-complete.target that lets systemd-bless-boot keep a slot.
+    local unit
+    for unit in appliance-os-update appliance-os-reboot appliance-os-boot appliance-os-healthy; do
+        install -m 0644 "$REPO_ROOT/image/units/$unit.service" "$ROOT/lib/systemd/system/$unit.service"
+    done
+    enable_units appliance-os-boot.service appliance-os-healthy.service
+
     # The first release is the image's own supervisor: updates switch
     # releases/current, which the unit runs (docs/updates.md).
     local version
@@ -130,9 +155,14 @@ CONF
 stage2_config() {
     # No BBB secret is baked into the image: every box makes its own at first
     # boot (appliance-firstboot.service runs `appliance firstboot`, which
-    # writes /etc/appliance/bbb-secret and, on a BBB node, replaces the
-    # default secret in bbb-web.properties).
+    # writes /var/lib/appliance-secrets/bbb-secret and, on a BBB node,
+    # replaces the default secret in bbb-web.properties).
     install -d -m 0755 "$ROOT/etc/appliance"
+    cat >"$ROOT/usr/lib/tmpfiles.d/appliance.conf" <<'CONF'
+# Written by image/build: where a box keeps the secrets it made itself
+# (readable by the supervisor's group).
+d /var/lib/appliance-secrets 0750 root appliance -
+CONF
     install -m 0644 "$REPO_ROOT/image/units/appliance-firstboot.service" "$ROOT/lib/systemd/system/appliance-firstboot.service"
     enable_units appliance-firstboot.service
 
@@ -150,7 +180,8 @@ state_dir = "/var/lib/appliance"
 interval = "1s"
 sysfs_root = "/sys"
 procfs_root = "/proc"
-filesystems = ["/", "/var/lib"]
+# / is the read-only root (always full); /var is the data partition.
+filesystems = ["/var"]
 history_save_interval = "60s"
 
 [admin]
@@ -158,7 +189,7 @@ listen = "0.0.0.0:8443"
 
 [bbb]
 url = "http://127.0.0.1:8090/bigbluebutton/api"
-secret_file = "/etc/appliance/bbb-secret"
+secret_file = "/var/lib/appliance-secrets/bbb-secret"
 properties = "/etc/bigbluebutton/bbb-web.properties"
 
 [hardware]
@@ -175,6 +206,7 @@ temperature = { for = "60s", hysteresis = 5.0 }
 [log]
 level = "info"
 $(services_section)
+$(update_section)
 CONF
     # Readable by the supervisor's group only.
     in_root chown root:appliance /etc/appliance/appliance.toml
@@ -186,6 +218,34 @@ services_section() {
     printf '\n[services]\nrecipe = "/usr/share/appliance/recipes/%s.toml"\n' "$RECIPE_NAME"
 }
 # <<< SERVICES SECTION
+
+# The trusted update root, when the build was given one: the node then
+# checks ops's update repository (docs/updates.md). Without it, updates are
+# off and the image says so in its config.
+update_section() {
+    if [[ -z "$UPDATE_ROOT" ]]; then
+        printf '\n# No [update]: this image was built without a trusted update root.\n'
+        return
+    fi
+    install -m 0644 "$UPDATE_ROOT" "$ROOT/etc/appliance/update-root.json"
+    printf '\n[update]\nroot = "/etc/appliance/update-root.json"\n'
+    if [[ -n "$UPDATE_SETTINGS" ]]; then
+        printf '# From %s (APPLIANCE_IMAGE_UPDATE_SETTINGS)\n' "$(basename "$UPDATE_SETTINGS")"
+        cat "$UPDATE_SETTINGS"
+    fi
+}
+
+stage2_firewall() {
+    # The recipe's [firewall], as nftables rules loaded before the network
+    # comes up (Debian's nftables.service reads /etc/nftables.conf).
+    "$PYTHON" "$REPO_ROOT/image/lib/recipe.py" nftables "$RECIPE_FILE" >"$ROOT/etc/nftables.conf"
+    chmod 0644 "$ROOT/etc/nftables.conf"
+    enable_units nftables.service
+}
+
+stage2_sysctl() {
+    install -m 0644 "$REPO_ROOT/image/lib/sysctl-hardening.conf" "$ROOT/etc/sysctl.d/50-appliance-hardening.conf"
+}
 
 stage2_overlay() {
     [[ -n "$RECIPE_OVERLAY" ]] || return 0
@@ -223,21 +283,30 @@ stage2_ssh() {
     mkdir -p "$ROOT/etc/ssh/sshd_config.d"
     cat >"$ROOT/etc/ssh/sshd_config.d/50-appliance-test.conf" <<'CONF'
 # Written by image/build for a test image (image.test_ssh = true): root by
-# key only, the key in image-cache/test-ssh/.
+# key only, the key in image-cache/test-ssh/. Each box makes its own host
+# key at first boot, on the data partition (the root is read-only and the
+# same on every box).
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
+HostKey /var/lib/ssh/ssh_host_ed25519_key
 CONF
-    # Host keys made at package install would be shared by every image built
-    # from the same stage-1 cache: each image gets its own.
     rm -f "$ROOT"/etc/ssh/ssh_host_*
-    in_root ssh-keygen -q -A
+    mkdir -p "$ROOT/etc/systemd/system/ssh.service.d"
+    cat >"$ROOT/etc/systemd/system/ssh.service.d/50-appliance-hostkey.conf" <<'CONF'
+# Written by image/build: the host key is made on the box, once.
+[Service]
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'test -s /var/lib/ssh/ssh_host_ed25519_key || { mkdir -p -m 0700 /var/lib/ssh && ssh-keygen -q -t ed25519 -N "" -f /var/lib/ssh/ssh_host_ed25519_key; }'
+ExecStartPre=/usr/sbin/sshd -t
+CONF
     enable_units ssh.service
 }
 
 stage2_build_info() {
     cat >"$ROOT/usr/share/appliance/build-info" <<INFO
 recipe=$RECIPE_NAME
+os_version=$OS_VERSION
 built=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 source=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 stage1=$STAGE1_KEY
@@ -250,6 +319,8 @@ stage2() {
     stage2_network
     stage2_supervisor
     stage2_config
+    stage2_firewall
+    stage2_sysctl
     # The overlay comes after the generic files so a recipe can replace them,
     # and before enabling the recipe's units, which it may provide.
     stage2_overlay

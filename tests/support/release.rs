@@ -146,3 +146,57 @@ impl Repo {
         ops(&args);
     }
 }
+
+impl Repo {
+    /// Publishes an OS bundle (`image/build`'s `RECIPE.os.tar`) with
+    /// `appliance-ops release add-os`.
+    pub fn add_os(&self, bundle: &Path) {
+        let (repo, b) = (self.s("repo"), bundle.display().to_string());
+        let mut args = vec!["release", "add-os", "--repo", &repo, "--bundle", &b];
+        let keys = self.online();
+        args.extend(keys.iter().map(String::as_str));
+        ops(&args);
+    }
+}
+
+/// A new OS bundle made from `bundle` (the image's own, from
+/// `image/build`): its root tree with `os_version` set to `version` and
+/// `edit` (a shell command run in the tree's directory) applied, packed
+/// again the way `image/lib/disk.sh` packs a slot: squashfs, dm-verity hash
+/// tree appended, `os.json` with the new root hash. Needs root (owners in
+/// the tree) and squashfs-tools and cryptsetup-bin, which image/build
+/// installs.
+pub fn remaster_os_bundle(bundle: &Path, out: &Path, version: &str, edit: &str) {
+    let dir = tempfile::tempdir_in(out.parent().unwrap()).unwrap();
+    let script = r#"
+set -euo pipefail
+bundle="$1" out="$2" version="$3" edit="$4" d="$5"
+tar -xf "$bundle" -C "$d"
+unsquashfs -quiet -no-progress -d "$d/tree" "$d/root.img" >/dev/null
+rm "$d/root.img"
+sed -i "s/^os_version=.*/os_version=$version/" "$d/tree/usr/share/appliance/build-info"
+(cd "$d/tree" && eval "$edit")
+mksquashfs "$d/tree" "$d/root.img" -comp zstd -Xcompression-level 3 -noappend -quiet -no-progress >/dev/null
+size=$(stat -c %s "$d/root.img")
+if (( size % 4096 )); then truncate -s $(( (size / 4096 + 1) * 4096 )) "$d/root.img"; size=$(stat -c %s "$d/root.img"); fi
+hash=$(veritysetup format "$d/root.img" "$d/root.img" --hash-offset="$size" --data-blocks=$((size / 4096)) | sed -n 's/^Root hash:[[:space:]]*//p')
+python3 - "$d/os.json" "$version" "$hash" "$size" "$(stat -c %s "$d/root.img")" <<'PY'
+import json, sys
+p, version, roothash, offset, size = sys.argv[1:]
+info = json.load(open(p))
+info.update(version=version, roothash=roothash, hash_offset=int(offset), root_size=int(size))
+json.dump(info, open(p, "w"), indent=2)
+PY
+tar -C "$d" --owner=0 --group=0 --numeric-owner -cf "$out" os.json vmlinuz initrd.img root.img
+"#;
+    let st = Command::new("bash")
+        .args(["-c", script, "remaster"])
+        .arg(bundle)
+        .arg(out)
+        .arg(version)
+        .arg(edit)
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "remastering {} as {version}", bundle.display());
+}

@@ -75,6 +75,24 @@ pub struct UpdateView {
     pub last_result: Option<UpdateResultView>,
     /// The last check or install failed: why.
     pub error: Option<String>,
+    /// OS updates, on an A/B image.
+    #[serde(default)]
+    pub os: Option<OsUpdateView>,
+}
+
+/// The OS image (A/B root slots) a node runs, and its updates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OsUpdateView {
+    pub running: String,
+    pub recipe: String,
+    /// The slot booted: "a" or "b".
+    pub slot: String,
+    /// An OS update written to the other slot and not yet settled.
+    pub pending: Option<String>,
+    pub bad: Vec<String>,
+    pub last_result: Option<UpdateResultView>,
+    /// An OS release for this node.
+    pub available: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

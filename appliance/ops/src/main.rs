@@ -246,6 +246,16 @@ fn run(cmd: Command, cfg: Config) -> Result<()> {
                     line.push_str(&format!("; problem: {}", printable(e)));
                 }
                 println!("{line}");
+                if let Some(v) = &u.os_version {
+                    let mut line = format!("os: node {} runs OS {}", n.name, printable(v));
+                    if let Some(p) = &u.os_pending {
+                        line.push_str(&format!("; pending {}", printable(p)));
+                    }
+                    if let Some(r) = &u.os_last_result {
+                        line.push_str(&format!("; last OS update {}", printable(r)));
+                    }
+                    println!("{line}");
+                }
             }
             for n in nodes.iter().filter(|n| n.refusals > 0) {
                 println!(

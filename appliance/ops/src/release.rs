@@ -83,6 +83,25 @@ pub enum ReleaseCommand {
         #[arg(long, default_value = "")]
         notes: String,
     },
+    /// Publishes an OS image: the bundle `image/build RECIPE` writes
+    /// beside the image (`target/images/RECIPE.os.tar`), for the nodes
+    /// built from that recipe. Its os.json must name the recipe and version.
+    AddOs {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        #[arg(long)]
+        min_from: Option<Version>,
+        #[arg(long = "wave")]
+        waves: Vec<String>,
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
     /// Sets (or clears) a channel's signed ceiling: nodes above it move
     /// down to the newest release at or below it.
     Ceiling {
@@ -180,6 +199,19 @@ fn print(p: &Published, json: bool) -> Result<()> {
             waves
         );
     }
+    for (recipe, releases) in &p.manifest.os {
+        for r in releases {
+            let size = p.targets.get(&r.target).copied().unwrap_or(0);
+            println!(
+                "OS {:<7} {:<10} {:<8} {:<32} {:>10} bytes",
+                recipe,
+                r.version.to_string(),
+                r.channel,
+                r.target,
+                size
+            );
+        }
+    }
     for (c, v) in &p.manifest.max_version {
         println!("channel {c}: signed ceiling {v}");
     }
@@ -266,6 +298,33 @@ async fn run_async(cmd: ReleaseCommand) -> Result<()> {
             };
             let p = Publisher { dir: repo, keys }
                 .add_release(release, &tarball, None)
+                .await?;
+            print(&p, false)
+        }
+        ReleaseCommand::AddOs {
+            repo,
+            keys,
+            bundle,
+            channel,
+            min_from,
+            waves,
+            notes,
+        } => {
+            let waves = waves.iter().map(|w| parse_wave(w)).collect::<Result<Vec<_>>>()?;
+            if !bundle.is_file() {
+                return Err(Usage(format!("--bundle {}: not a file", bundle.display())).into());
+            }
+            let info = appliance_update::os::read_bundle_info(&bundle)?;
+            let release = Release {
+                target: format!("os-{}-{}.tar", info.recipe, info.version),
+                version: info.version,
+                channel,
+                min_from,
+                waves,
+                notes,
+            };
+            let p = Publisher { dir: repo, keys }
+                .add_os_release(&info.recipe, release, &bundle)
                 .await?;
             print(&p, false)
         }

@@ -576,6 +576,9 @@ impl Store {
                 probation: u.probation.as_deref().map(clip),
                 last_result: u.last_result.as_deref().map(clip),
                 error: u.error.as_deref().map(clip),
+                os_version: u.os_version.as_deref().map(clip),
+                os_pending: u.os_pending.as_deref().map(clip),
+                os_last_result: u.os_last_result.as_deref().map(clip),
             };
             serde_json::to_string(&u).unwrap_or_default()
         });
@@ -808,6 +811,9 @@ mod tests {
             probation: None,
             last_result: Some(format!("0.3.0 rolled_back: {}", "x".repeat(5000))),
             error: None,
+            os_version: None,
+            os_pending: None,
+            os_last_result: None,
         });
         s.ingest(&k.seal(&r), start + 300, LIMITS).unwrap();
         // A later report without it (older firmware) keeps what is known.

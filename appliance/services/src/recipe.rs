@@ -19,6 +19,9 @@ pub struct Recipe {
     /// How the disk image is built; read by `image/build`, not by the supervisor.
     #[serde(default)]
     pub image: Option<toml::Table>,
+    /// The ports the node answers on; `image/build` makes the firewall.
+    #[serde(default)]
+    pub firewall: Option<toml::Table>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default, rename = "service")]

@@ -128,6 +128,8 @@ pub struct UpdateConfig {
     pub health_deadline: Duration,
     /// Installed versions; `<state_dir>/releases` when unset.
     pub releases_dir: Option<PathBuf>,
+    /// OS updates (A/B root slots); the image's paths by default.
+    pub os: crate::os_update::OsConfig,
 }
 
 impl Default for UpdateConfig {
@@ -143,6 +145,7 @@ impl Default for UpdateConfig {
             download_deadline: Duration::from_secs(3600),
             health_deadline: Duration::from_secs(120),
             releases_dir: None,
+            os: crate::os_update::OsConfig::default(),
         }
     }
 }

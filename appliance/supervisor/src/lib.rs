@@ -12,6 +12,7 @@ pub mod enrollment;
 pub mod firstboot;
 pub mod logging;
 pub mod metrics;
+pub mod os_update;
 pub mod outbox;
 pub mod reports;
 pub mod run;

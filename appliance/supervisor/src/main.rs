@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use appliance_monitor::collector::Collector;
 use appliance_monitor::{Roots, StatVfs, profile, sysfs};
 use appliance_supervisor::config::{self, Config};
-use appliance_supervisor::{control, logging, run, state, update};
+use appliance_supervisor::{control, logging, os_update, run, state, update};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -79,6 +79,52 @@ enum Command {
         #[command(subcommand)]
         command: UpdateCommand,
     },
+    /// OS updates of an A/B image (the root slots): the root side, run by
+    /// the image's units; the supervisor decides when.
+    Os {
+        #[command(subcommand)]
+        command: OsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OsCommand {
+    /// The OS this box runs, its slot, an update under way, the last result.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// As root (appliance-os-update.service): verify the repository,
+    /// download the OS release for this node and write it to the other
+    /// slot with a boot entry that has three tries.
+    Apply,
+    /// As root, at every boot: record an OS update that fell back to this
+    /// slot, or a write that was cut short.
+    BootCheck,
+    /// As root, before boot-complete.target: on a trial boot, wait for the
+    /// supervisor's health checks and keep the slot; fail after the
+    /// deadline (the unit then reboots).
+    WaitHealthy {
+        /// Overrides [update.os] health_deadline.
+        #[arg(long)]
+        deadline: Option<humantime::Duration>,
+    },
+    /// Prints a slot's boot entry (image/build writes the factory one with
+    /// this, so the build and OS updates write the same format).
+    BootEntry {
+        #[arg(long)]
+        recipe: String,
+        #[arg(long)]
+        version: semver::Version,
+        #[arg(long)]
+        slot: String,
+        #[arg(long)]
+        generation: u64,
+        #[arg(long)]
+        roothash: String,
+        #[arg(long)]
+        hash_offset: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +186,29 @@ enum HwCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no config: image/build runs it on the build host.
+    if let Command::Os {
+        command:
+            OsCommand::BootEntry {
+                recipe,
+                version,
+                slot,
+                generation,
+                roothash,
+                hash_offset,
+            },
+    } = &cli.command
+    {
+        let Some(slot) = appliance_update::os::Slot::parse(slot) else {
+            eprintln!("error: --slot must be a or b");
+            return ExitCode::from(2);
+        };
+        print!(
+            "{}",
+            appliance_update::os::entry_text(recipe, version, slot, *generation, roothash, *hash_offset)
+        );
+        return ExitCode::SUCCESS;
+    }
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -180,6 +249,18 @@ fn main() -> ExitCode {
                 UpdateCommand::Status { json } => update::status(&cfg, json),
                 UpdateCommand::Rollback { reason, after_failure } => update::rollback(&cfg, &reason, after_failure),
                 UpdateCommand::BeforeStart => update::before_start(&cfg),
+            }
+        }
+        Command::Os { command } => {
+            logging::init(cfg.log_level());
+            match command {
+                OsCommand::Status { json } => os_update::status(&cfg, json),
+                OsCommand::Apply => os_update::apply(&cfg),
+                OsCommand::BootCheck => os_update::boot_check(&cfg),
+                OsCommand::WaitHealthy { deadline } => {
+                    os_update::wait_healthy(&cfg, deadline.map_or(cfg.update.os.health_deadline, Into::into))
+                }
+                OsCommand::BootEntry { .. } => unreachable!("handled before the config is read"),
             }
         }
     };

@@ -387,6 +387,7 @@ struct Sampler {
     known_problems: BTreeSet<String>,
     last_summary: String,
     last_save: Instant,
+    samples: u64,
 }
 
 impl Sampler {
@@ -399,6 +400,7 @@ impl Sampler {
             known_problems: BTreeSet::new(),
             last_summary: String::new(),
             last_save: Instant::now(),
+            samples: 0,
         }
     }
 
@@ -460,6 +462,18 @@ impl Sampler {
             )
         });
         let summary = appliance_monitor::health::summarize(&all).summary;
+        // The OS state changes under the supervisor (boot-check, the root
+        // update unit, wait-healthy): read again every ten samples.
+        self.samples += 1;
+        if self.samples % 10 == 1
+            && let Some(u) = lock(&self.shared.update).as_mut()
+        {
+            let available = u.os.as_ref().and_then(|o| o.available.clone());
+            u.os = crate::os_update::view(&self.cfg).map(|mut o| {
+                o.available = available;
+                o
+            });
+        }
         let update = lock(&self.shared.update)
             .as_ref()
             .map(|u| appliance_usage::UpdateReport {
@@ -475,6 +489,19 @@ impl Sampler {
                     s
                 }),
                 error: u.error.clone(),
+                os_version: u
+                    .os
+                    .as_ref()
+                    .map(|o| format!("{} (slot {})", o.running, o.slot.to_uppercase())),
+                os_pending: u.os.as_ref().and_then(|o| o.pending.clone()),
+                os_last_result: u.os.as_ref().and_then(|o| o.last_result.as_ref()).map(|r| {
+                    let mut s = format!("{} {}", r.version, r.result);
+                    if !r.reason.is_empty() {
+                        s.push_str(": ");
+                        s.push_str(&r.reason);
+                    }
+                    s
+                }),
             });
         let mut sample = report_sample(
             &snap,

@@ -25,7 +25,7 @@ use crate::state::{Shared, lock};
 
 pub const BUILT_AS: &str = env!("CARGO_PKG_VERSION");
 
-fn built_as() -> Version {
+pub(crate) fn built_as() -> Version {
     BUILT_AS.parse().expect("the crate version is semver")
 }
 
@@ -56,7 +56,7 @@ fn installed_version(cfg: &Config) -> Version {
 
 /// Where updates come from: `--from DIR`, `[update] repository`, or ops
 /// (with its pinned certificate) once enrolled.
-fn source(cfg: &Config, from: Option<&Path>) -> Result<(Source, reqwest::Client)> {
+pub(crate) fn source(cfg: &Config, from: Option<&Path>) -> Result<(Source, reqwest::Client)> {
     if let Some(dir) = from {
         if !dir.join("metadata").is_dir() {
             bail!(
@@ -407,16 +407,21 @@ fn view_of(cfg: &Config, running: &Version, releases: &Releases, state: &State) 
         probation: state.pending.as_ref().map(|p| p.version.to_string()),
         window: window.as_ref().map(|w| w.describe().to_string()).unwrap_or_default(),
         next_window: window.map(|w| unix(w.next_open(Timestamp::now()))),
-        last_result: state.last.as_ref().map(|l| UpdateResultView {
-            version: l.version.to_string(),
-            result: serde_json::to_value(l.result)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            reason: l.reason.clone(),
-            at: unix(l.at),
-        }),
+        last_result: state.last.as_ref().map(result_view),
+        os: crate::os_update::view(cfg),
         ..UpdateView::default()
+    }
+}
+
+pub(crate) fn result_view(l: &appliance_update::install::Outcome) -> UpdateResultView {
+    UpdateResultView {
+        version: l.version.to_string(),
+        result: serde_json::to_value(l.result)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        reason: l.reason.clone(),
+        at: unix(l.at),
     }
 }
 
@@ -640,16 +645,18 @@ async fn check_loop(
     // spread so a fleet restarted at once does not ask at once.
     let mut wait = jittered(Duration::from_secs(60)).min(cfg.update.check_interval);
     loop {
-        let force = tokio::select! {
-            _ = tokio::time::sleep(wait) => false,
+        // `asked`: an operator asked for this check (an OS install that
+        // failed is then tried again at once, not at the next interval).
+        let (force, asked) = tokio::select! {
+            _ = tokio::time::sleep(wait) => (false, false),
             r = requests.recv() => match r {
-                Some(Request::Check) => false,
-                Some(Request::ApplyNow) => true,
+                Some(Request::Check) => (false, true),
+                Some(Request::ApplyNow) => (true, true),
                 Some(Request::Restart(why)) => {
                     let _ = restart.send(why).await;
                     return;
                 }
-                None => false,
+                None => (false, false),
             },
         };
         wait = jittered(cfg.update.check_interval);
@@ -679,9 +686,6 @@ async fn check_loop(
                 Decision::Install { release, .. } => (Some(release.version.to_string()), Some(unix(checked.at))),
             };
         });
-        if !matches!(checked.plan.decision, Decision::Install { .. }) {
-            continue;
-        }
         // Inside the window, and never during a meeting.
         let window = match Window::parse(&cfg.update.window, &cfg.update.timezone) {
             Ok(w) => w,
@@ -695,6 +699,15 @@ async fn check_loop(
                 .as_ref()
                 .map_or(0, |b| if b.up { b.meetings } else { 0 })
         };
+        // The OS first: its root unit runs beside the supervisor, which
+        // goes on (a supervisor release is a restart, an OS one a reboot).
+        let allowed = force || (window.contains(Timestamp::now()) && meetings() == 0);
+        if let Some(again) = crate::os_update::step(&cfg, &shared, &verified, allowed, asked).await {
+            wait = wait.min(again);
+        }
+        if !matches!(checked.plan.decision, Decision::Install { .. }) {
+            continue;
+        }
         if !force && (!window.contains(Timestamp::now()) || meetings() > 0) {
             let why = if meetings() > 0 {
                 format!("waiting: {} meetings running", meetings())

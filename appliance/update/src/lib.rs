@@ -8,6 +8,8 @@
 //! - `repo`: the node's side of TUF, through `tough`: the trusted metadata
 //!   kept across restarts, a refresh that verifies everything and commits
 //!   only what verified.
+//! - `os`: OS updates: the root slot written to the slot not running, its
+//!   boot entry with tries, what a boot finds.
 //! - `publish`: global ops's side: keys, root, releases, timestamps,
 //!   root rotation, written with `tough`'s editor.
 //!
@@ -18,6 +20,7 @@
 pub mod download;
 pub mod install;
 pub mod manifest;
+pub mod os;
 pub mod policy;
 pub mod publish;
 pub mod repo;

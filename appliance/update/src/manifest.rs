@@ -32,6 +32,11 @@ pub struct Manifest {
     /// only way a node ever installs an older version.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub max_version: BTreeMap<String, Version>,
+    /// OS images (the root slot bundle `image/build` writes), per recipe:
+    /// a lab node never takes a BBB node's OS. Nodes that predate OS
+    /// updates ignore this field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub os: BTreeMap<String, Vec<Release>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +75,8 @@ pub enum ManifestError {
     Channel(String),
     #[error("target name {0:?}: use 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.'")]
     TargetName(String),
+    #[error("recipe name {0:?}: use 1 to 32 of a-z, 0-9, '.' and '-'")]
+    Recipe(String),
     #[error("release {version} of channel {channel} is listed twice")]
     Duplicate { channel: String, version: Version },
     #[error("release {version}: min_from {min_from} is newer than the release itself")]
@@ -98,8 +105,33 @@ impl Manifest {
         if self.format != FORMAT {
             return Err(ManifestError::Format { found: self.format });
         }
+        check_releases(&self.releases)?;
+        for (recipe, releases) in &self.os {
+            check_recipe(recipe)?;
+            check_releases(releases)?;
+        }
+        for channel in self.max_version.keys() {
+            check_channel(channel)?;
+        }
+        Ok(())
+    }
+
+    /// The OS releases of one recipe, as a manifest of their own (no
+    /// ceiling), so the same policy chooses among them.
+    pub fn os_view(&self, recipe: &str) -> Manifest {
+        Manifest {
+            format: self.format,
+            releases: self.os.get(recipe).cloned().unwrap_or_default(),
+            max_version: BTreeMap::new(),
+            os: BTreeMap::new(),
+        }
+    }
+}
+
+fn check_releases(releases: &[Release]) -> Result<(), ManifestError> {
+    {
         let mut seen = BTreeSet::new();
-        for r in &self.releases {
+        for r in releases {
             check_channel(&r.channel)?;
             check_target_name(&r.target)?;
             if !seen.insert((r.channel.as_str(), &r.version)) {
@@ -128,9 +160,6 @@ impl Manifest {
                 last = Some(w);
             }
         }
-        for channel in self.max_version.keys() {
-            check_channel(channel)?;
-        }
         Ok(())
     }
 }
@@ -143,6 +172,19 @@ pub fn check_channel(c: &str) -> Result<(), ManifestError> {
         Ok(())
     } else {
         Err(ManifestError::Channel(c.to_string()))
+    }
+}
+
+/// Recipe names as `recipes/NAME.toml` has them ("lab", "bbb-3.0").
+pub fn check_recipe(r: &str) -> Result<(), ManifestError> {
+    let ok = (1..=32).contains(&r.len())
+        && !r.starts_with('.')
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ManifestError::Recipe(r.to_string()))
     }
 }
 
@@ -180,6 +222,7 @@ mod tests {
             format: FORMAT,
             releases,
             max_version: BTreeMap::new(),
+            os: BTreeMap::new(),
         }
     }
 

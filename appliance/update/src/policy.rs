@@ -352,6 +352,7 @@ mod tests {
                     .ceiling
                     .map(|x| BTreeMap::from([("stable".to_string(), v(x))]))
                     .unwrap_or_default(),
+                os: BTreeMap::new(),
             };
             let bad: BTreeSet<Version> = c.bad.iter().map(|b| v(b)).collect();
             let (running, floor) = (v(c.running), v(c.floor));

@@ -242,6 +242,7 @@ impl Publisher {
             format: FORMAT,
             releases: vec![],
             max_version: BTreeMap::new(),
+            os: BTreeMap::new(),
         };
         self.write(None, &empty, None, Timestamp::now()).await?;
         self.list().await
@@ -343,6 +344,40 @@ impl Publisher {
 
     /// Sets or clears a channel's signed ceiling (a deliberate fleet
     /// downgrade when set below what the channel runs).
+    /// Publishes an OS bundle (`image/build`'s `RECIPE.os.tar`) for the
+    /// nodes of `recipe`, beside the supervisor releases.
+    pub async fn add_os_release(
+        &self,
+        recipe: &str,
+        release: Release,
+        bundle: &Path,
+    ) -> Result<Published, UpdateError> {
+        let _lock = crate::repo::lock_dir(&self.dir)?;
+        let (repo, _) = self.load().await?;
+        let mut manifest = Self::manifest_of(&repo).await?;
+        let list = manifest.os.entry(recipe.to_string()).or_default();
+        if list
+            .iter()
+            .any(|r| r.channel == release.channel && r.version == release.version)
+        {
+            return Err(UpdateError::Repository(format!(
+                "OS {} of recipe {recipe}, channel {} is already published; publish a new version instead",
+                release.version, release.channel
+            )));
+        }
+        let target = release.target.clone();
+        list.push(release);
+        manifest.check()?;
+        self.write(
+            Some(repo),
+            &manifest,
+            Some((target, bundle.to_path_buf())),
+            Timestamp::now(),
+        )
+        .await?;
+        self.list().await
+    }
+
     pub async fn set_ceiling(&self, channel: &str, ceiling: Option<semver::Version>) -> Result<Published, UpdateError> {
         // One publish at a time (the cron job's timestamp and a release).
         let _lock = crate::repo::lock_dir(&self.dir)?;

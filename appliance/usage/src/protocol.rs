@@ -202,6 +202,15 @@ pub struct UpdateReport {
     /// Why the last check or install failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The OS image (A/B root slots): "VERSION (slot X)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// An OS update written to the other slot and not yet settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_pending: Option<String>,
+    /// "VERSION RESULT[: reason]" of the last OS update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_last_result: Option<String>,
 }
 
 impl Report {
