@@ -36,8 +36,8 @@ impl Drop for Vm {
     }
 }
 
-/// Starts QEMU on `disk` (image/boot --persist): the console log is
-/// appended to, so one file tells the whole story across restarts.
+/// Starts QEMU on `disk` (image/boot --persist), which keeps what the VM
+/// wrote across a power cycle.
 fn start_qemu(disk: &Path, ssh_port: u16, admin_port: u16, console: &Path, hostfwd: &str) -> Child {
     Command::new(repo_root().join("image/boot"))
         .arg("--persist")
@@ -616,6 +616,10 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
     ));
     signed_updates(&vm, addr, &repo, &ops);
     os_updates(&mut vm, &image, &repo, &ops);
+    // One VM at a time: TCG has two cores.
+    let key = vm.key.clone();
+    drop(vm);
+    usb_installer(&image, &key);
     eprintln!("VM: whole scenario in {:.0} s", started.elapsed().as_secs_f64());
 }
 
@@ -1144,4 +1148,127 @@ fn os_updates(vm: &mut Vm, image: &Path, repo: &Repo, ops: &Ops) {
         }
     });
     eprintln!("VM: OS update scenario in {:.0} s", t0.elapsed().as_secs_f64());
+}
+
+/// Installing a box: the image, plugged in as a USB stick beside an empty
+/// internal disk, offers on the serial console to install itself; once the
+/// disk is named and "ERASE vda" typed, it writes the disk and the box
+/// starts from it, with its own identity.
+fn usb_installer(image: &Path, key: &Path) {
+    let t0 = Instant::now();
+    let dir = repo_root().join("target/vm-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let internal = dir.join("internal.img");
+    let _ = std::fs::remove_file(&internal);
+    let _ = std::fs::remove_file(internal.with_extension("img.vars"));
+    let sock = dir.join("serial.sock");
+    let console = repo_root().join("target/vm-install-console.log");
+    let (ssh_port, admin_port) = (free_port(), free_port());
+    let qemu = Command::new(repo_root().join("image/boot"))
+        .arg(image)
+        .env("APPLIANCE_VM_INSTALL_TO", &internal)
+        .env("APPLIANCE_VM_SERIAL_SOCKET", &sock)
+        .env("APPLIANCE_SSH_PORT", ssh_port.to_string())
+        .env("APPLIANCE_ADMIN_PORT", admin_port.to_string())
+        .env("APPLIANCE_CONSOLE_LOG", &console)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let vm = Vm {
+        qemu,
+        ssh_port,
+        admin_port,
+        key: key.to_path_buf(),
+        console: console.clone(),
+        disk: internal.clone(),
+        hostfwd: String::new(),
+    };
+    let log = || std::fs::read_to_string(&console).unwrap_or_default();
+    wait_for(
+        "the installer's question on the serial console",
+        Duration::from_secs(600),
+        || {
+            if log().contains("Type the name of the disk to install to") {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
+    // It runs from the stick (sda, removable) and offers the internal disk.
+    assert_eq!(vm.run("cat /run/appliance/boot-disk").trim(), "sda");
+    let offered = log();
+    assert!(offered.contains("  vda  8.0 GiB"), "{offered}");
+    assert!(!offered.contains("  sda  "), "the stick itself is not offered");
+    let stick_id = vm.run("cat /etc/machine-id").trim().to_string();
+    let stick_secret = vm.run("cat /var/lib/appliance-secrets/bbb-secret").trim().to_string();
+    let boot0 = vm.boot_id().unwrap();
+
+    use std::io::Write;
+    let mut serial = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    serial.write_all(b"vda\n").unwrap();
+    wait_for("the confirmation question", T, || {
+        if log().contains("Type ERASE vda to confirm") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    serial.write_all(b"ERASE vda\n").unwrap();
+    let started = Instant::now();
+    wait_for("the installation", Duration::from_secs(900), || {
+        let l = log();
+        if l.contains("Remove the USB stick: the box now starts from vda") {
+            Ok(())
+        } else if l.contains("Error") || l.contains("error:") {
+            Err(format!(
+                "failed? {}",
+                l.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            ))
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let written_in = started.elapsed();
+    vm.wait_rebooted(
+        &boot0,
+        "the box starting from its internal disk",
+        Duration::from_secs(900),
+    );
+    assert_eq!(vm.run("cat /run/appliance/boot-disk").trim(), "vda");
+    assert!(
+        vm.sh("test -e /run/appliance/installer").0 != 0,
+        "no installer on the internal disk"
+    );
+    assert_eq!(vm.run("findmnt -no SOURCE /var").trim(), "/dev/vda4");
+    assert!(vm.run("veritysetup status root").contains("data device: /dev/vda2"));
+    // Its own identity, not the stick's; its own partition UUIDs.
+    wait_for("the installed box's first boot duties", T, || {
+        match vm.sh("cat /var/lib/appliance-secrets/bbb-secret") {
+            (0, s) if !s.trim().is_empty() => Ok(()),
+            (_, s) => Err(s),
+        }
+    });
+    assert_ne!(vm.run("cat /etc/machine-id").trim(), stick_id);
+    assert_ne!(vm.run("cat /var/lib/appliance-secrets/bbb-secret").trim(), stick_secret);
+    let uuids = vm.run("lsblk -rno PARTUUID /dev/vda1 /dev/sda1");
+    let u: Vec<&str> = uuids.split_whitespace().collect();
+    assert_eq!(u.len(), 2, "{uuids}");
+    assert_ne!(u[0], u[1], "the installed ESP has its own UUID");
+    let addr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_for(
+        "the admin page of the installed box",
+        Duration::from_secs(300),
+        || match tls::https_get(addr, "/healthz", None) {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(r.status.to_string()),
+            Err(e) => Err(e),
+        },
+    );
+    eprintln!(
+        "VM: USB installer wrote the internal disk in {:.0} s; whole installer scenario {:.0} s",
+        written_in.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 }

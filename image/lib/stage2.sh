@@ -143,6 +143,9 @@ CONF
     # port (the lab image is entered with SSH).
     install -m 0644 "$REPO_ROOT/image/units/appliance-console@.service" "$ROOT/lib/systemd/system/appliance-console@.service"
     in_root systemctl enable appliance-console@tty1.service appliance-console@ttyS0.service
+    # Started from a USB stick, the same terminals offer to install first.
+    install -m 0644 "$REPO_ROOT/image/units/appliance-installer@.service" "$ROOT/lib/systemd/system/appliance-installer@.service"
+    in_root systemctl enable appliance-installer@tty1.service appliance-installer@ttyS0.service
     in_root systemctl mask getty@tty1.service serial-getty@ttyS0.service
 
     # Polkit: the supervisor may start/stop/restart/reset-failed the recipe's
@@ -313,6 +316,15 @@ stage1=$STAGE1_KEY
 INFO
 }
 
+stage2_factory_var() {
+    # The image's /var as shipped, inside the verified root: the USB
+    # installer makes an installed disk's data partition from it, so a new
+    # box never inherits the stick's machine-id or secrets.
+    mkdir -p "$ROOT/usr/share/factory"
+    rm -rf "$ROOT/usr/share/factory/var"
+    cp -a "$ROOT/var" "$ROOT/usr/share/factory/var"
+}
+
 stage2() {
     stage2_identity
     stage2_boot_config
@@ -327,4 +339,5 @@ stage2() {
     stage2_recipe_units
     stage2_ssh
     stage2_build_info
+    stage2_factory_var
 }

@@ -10,6 +10,7 @@ pub mod console;
 pub mod control;
 pub mod enrollment;
 pub mod firstboot;
+pub mod installer;
 pub mod logging;
 pub mod metrics;
 pub mod os_update;

@@ -79,6 +79,20 @@ enum Command {
         #[command(subcommand)]
         command: UpdateCommand,
     },
+    /// As root, on a box started from the USB stick: write the city node
+    /// to an internal disk (asks which, and for an explicit confirmation,
+    /// on the terminal), then reboot from it.
+    Install {
+        /// The disk to install to (e.g. vda), without asking; needs --yes.
+        #[arg(long, requires = "yes")]
+        target: Option<String>,
+        /// Confirms --target: everything on it is erased.
+        #[arg(long)]
+        yes: bool,
+        /// Do not reboot afterwards.
+        #[arg(long)]
+        no_reboot: bool,
+    },
     /// OS updates of an A/B image (the root slots): the root side, run by
     /// the image's units; the supervisor decides when.
     Os {
@@ -251,6 +265,7 @@ fn main() -> ExitCode {
                 UpdateCommand::BeforeStart => update::before_start(&cfg),
             }
         }
+        Command::Install { target, yes, no_reboot } => install(&cfg, target, yes, no_reboot),
         Command::Os { command } => {
             logging::init(cfg.log_level());
             match command {
@@ -373,6 +388,74 @@ fn firstboot(cfg: &Config) -> anyhow::Result<()> {
     };
     let msg = appliance_supervisor::firstboot::run(&b.properties, b.secret_file.as_deref())?;
     println!("{msg}");
+    Ok(())
+}
+
+fn install(cfg: &Config, target: Option<String>, yes: bool, no_reboot: bool) -> anyhow::Result<()> {
+    use appliance_supervisor::installer;
+    let run_dir = &cfg.update.os.run_dir;
+    let read = |f: &str| std::fs::read_to_string(run_dir.join(f)).map(|s| s.trim().to_string());
+    let (Ok(boot_disk), Ok(slot)) = (read("boot-disk"), read("boot-slot")) else {
+        anyhow::bail!("this system was not started from a city node image: nothing to install from");
+    };
+    // The image's partitions up to the end of slot B, and 1 GiB of data.
+    let sys = Path::new("/sys/block").join(&boot_disk);
+    let part3 = std::fs::read_dir(&sys)?
+        .flatten()
+        .find(|e| std::fs::read_to_string(e.path().join("partition")).is_ok_and(|n| n.trim() == "3"))
+        .ok_or_else(|| anyhow::anyhow!("{boot_disk} has no partition 3"))?
+        .path();
+    let num = |f: &str| {
+        std::fs::read_to_string(part3.join(f))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let min_bytes = (num("start") + num("size")) * 512 + (1 << 30);
+    let disks = installer::candidates(Path::new("/sys/block"), &boot_disk, min_bytes);
+    let chosen = match target {
+        Some(t) if yes => {
+            if !disks.iter().any(|d| d.name == t) {
+                anyhow::bail!(
+                    "{t} cannot take the image (disks that can: {})",
+                    disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Some(t)
+        }
+        Some(_) => unreachable!("clap requires --yes with --target"),
+        None => {
+            let stdin = std::io::stdin();
+            installer::dialogue(&disks, &mut stdin.lock(), &mut std::io::stdout())?
+        }
+    };
+    let Some(target) = chosen else {
+        // The console screen takes over this terminal (its unit waits for
+        // this flag to go).
+        let _ = std::fs::remove_file(run_dir.join("installer"));
+        return Ok(());
+    };
+    let lock = std::fs::File::create(run_dir.join("install.lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| anyhow::anyhow!("an installation is already under way (on the other console)"))?;
+    let started = std::time::Instant::now();
+    println!("Installing to {target}. This takes a few minutes; do not switch the box off.");
+    installer::install(
+        &boot_disk,
+        &slot,
+        &target,
+        Path::new("/usr/share/factory/var"),
+        &mut |s: &str| println!("{s}"),
+    )?;
+    println!(
+        "Done in {:.0} s. Remove the USB stick: the box now starts from {target}.",
+        started.elapsed().as_secs_f64()
+    );
+    if !no_reboot {
+        println!("Rebooting in 10 seconds.");
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        std::process::Command::new("systemctl").arg("reboot").status()?;
+    }
     Ok(())
 }
 

@@ -179,9 +179,11 @@ pub fn kernel_cmdline(slot: Slot, roothash: &str, hash_offset: u64) -> String {
     )
 }
 
-/// A Boot Loader Specification entry. systemd-boot boots the entry with
-/// the highest `version` that has tries left, so the generation (one more
-/// for every OS update) is the version: the slot written last boots first.
+/// A Boot Loader Specification entry. systemd-boot puts entries without
+/// tries left last and, among entries with the same `sort-key`, boots the
+/// highest `version` first; so the generation (one more for every OS
+/// update) is the version: the slot written last boots first, and the
+/// other one once its tries are used up.
 pub fn entry_text(
     recipe: &str,
     os_version: &Version,
@@ -191,8 +193,8 @@ pub fn entry_text(
     hash_offset: u64,
 ) -> String {
     format!(
-        "title   City node {os_version} ({recipe}, slot {slot})\nversion {generation}\nlinux   /appliance/{l}/vmlinuz\n\
-         initrd  /appliance/{l}/initrd.img\noptions {}\n",
+        "title   City node {os_version} ({recipe}, slot {slot})\nsort-key appliance\nversion {generation}\n\
+         linux   /appliance/{l}/vmlinuz\ninitrd  /appliance/{l}/initrd.img\noptions {}\n",
         kernel_cmdline(slot, roothash, hash_offset),
         l = slot.letter()
     )
@@ -751,7 +753,8 @@ mod tests {
     fn what_a_boot_finds() {
         let e = |s: &str| EntryName::parse(s).unwrap();
         let installed_b = pending(Step::Installed, Slot::B);
-        let cases: Vec<(&str, Option<OsPending>, Slot, Vec<EntryName>, AtBoot)> = vec![
+        type Case = (&'static str, Option<OsPending>, Slot, Vec<EntryName>, AtBoot);
+        let cases: Vec<Case> = vec![
             (
                 "nothing pending",
                 None,
@@ -813,7 +816,7 @@ mod tests {
         assert_eq!(
             t,
             format!(
-                "title   City node 1.2.3 (lab, slot B)\nversion 7\nlinux   /appliance/b/vmlinuz\ninitrd  /appliance/b/initrd.img\n\
+                "title   City node 1.2.3 (lab, slot B)\nsort-key appliance\nversion 7\nlinux   /appliance/b/vmlinuz\ninitrd  /appliance/b/initrd.img\n\
                  options root=/dev/mapper/root rootfstype=squashfs ro appliance.slot=b appliance.verity={}:8192 \
                  console=tty0 console=ttyS0,115200 panic=10\n",
                 "ab".repeat(32)
