@@ -160,26 +160,29 @@ pub fn apply(cfg: &Config) -> Result<()> {
         print!("running OS {} (slot {}); {}", sys.version, sys.booted, describe(&p));
         return Ok(());
     };
-    let target = verified
-        .targets
-        .get(&release.target)
-        .with_context(|| format!("{} is not in the verified targets", release.target))?;
-    let limits = Limits {
-        rate: (cfg.update.max_bytes_per_second > 0).then_some(cfg.update.max_bytes_per_second),
-        deadline: cfg.update.download_deadline,
-        ..Limits::default()
-    };
-    let staging = o.state_dir.join("staging");
-    let downloader = Downloader::new(client, limits);
-    println!("downloading OS {} ({} bytes)", release.version, target.length);
-    let bundle = rt.block_on(downloader.fetch(target, &staging, &|_| {}))?;
-    println!("writing OS {} to slot {}", release.version, sys.booted.other());
-    let result = inst.install(&bundle, &release.version, Timestamp::now());
+    let result = (|| -> Result<Slot> {
+        let target = verified
+            .targets
+            .get(&release.target)
+            .with_context(|| format!("{} is not in the verified targets", release.target))?;
+        let limits = Limits {
+            rate: (cfg.update.max_bytes_per_second > 0).then_some(cfg.update.max_bytes_per_second),
+            deadline: cfg.update.download_deadline,
+            ..Limits::default()
+        };
+        let staging = o.state_dir.join("staging");
+        let downloader = Downloader::new(client, limits);
+        println!("downloading OS {} ({} bytes)", release.version, target.length);
+        let bundle = rt.block_on(downloader.fetch(target, &staging, &|_| {}))?;
+        println!("writing OS {} to slot {}", release.version, sys.booted.other());
+        let slot = inst.install(&bundle, &release.version, Timestamp::now())?;
+        Downloader::clean_staging(&staging, target);
+        // The bundle is no longer needed once the slot holds it.
+        let _ = std::fs::remove_file(&bundle);
+        Ok(slot)
+    })();
     match result {
         Ok(slot) => {
-            Downloader::clean_staging(&staging, target);
-            // The bundle is no longer needed once the slot holds it.
-            let _ = std::fs::remove_file(&bundle);
             println!(
                 "OS {} is in slot {slot}; it boots at the next restart, with {} tries",
                 release.version,
@@ -188,18 +191,20 @@ pub fn apply(cfg: &Config) -> Result<()> {
             Ok(())
         }
         Err(e) => {
+            // Recorded, so that the supervisor shows it and does not start
+            // the same install again before its next regular check.
             let mut s = inst.read_state().unwrap_or_default();
             s.pending = None;
             s.last = Some(appliance_update::install::Outcome {
                 at: Timestamp::now(),
                 version: release.version.clone(),
                 result: appliance_update::install::Result_::Failed,
-                reason: e.to_string(),
+                reason: format!("{e:#}"),
             });
             if let Err(w) = inst.write_state(&s) {
                 log::error!("os: recording the failed install: {w}");
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -369,6 +374,7 @@ pub async fn step(
     verified: &Verified,
     allowed: bool,
     asked: bool,
+    started: &mut Option<(String, std::time::Instant)>,
 ) -> Option<Duration> {
     let sys = match system(cfg) {
         Ok(Some(s)) => s,
@@ -405,13 +411,19 @@ pub async fn step(
                     && l.result == appliance_update::install::Result_::Failed
                     && Timestamp::now().duration_since(l.at).unsigned_abs() < cfg.update.check_interval
             });
-            if failed_lately && !asked {
+            // Started lately and nothing came of it (the unit failed before
+            // it could record why): the same rule.
+            let started_lately = started
+                .as_ref()
+                .is_some_and(|(v, at)| *v == release.version.to_string() && at.elapsed() < cfg.update.check_interval);
+            if (failed_lately || started_lately) && !asked {
                 log::info!(
                     "os: OS {} failed here lately; tried again at the next check",
                     release.version
                 );
                 return None;
             }
+            *started = Some((release.version.to_string(), std::time::Instant::now()));
             UPDATE_UNIT
         }
         (None, _) => return None,

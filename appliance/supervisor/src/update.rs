@@ -644,6 +644,8 @@ async fn check_loop(
     // The first check soon after start (a node that was off catches up),
     // spread so a fleet restarted at once does not ask at once.
     let mut wait = jittered(Duration::from_secs(60)).min(cfg.update.check_interval);
+    // The OS install this task started last, and when.
+    let mut os_started = None;
     loop {
         // `asked`: an operator asked for this check (an OS install that
         // failed is then tried again at once, not at the next interval).
@@ -702,7 +704,7 @@ async fn check_loop(
         // The OS first: its root unit runs beside the supervisor, which
         // goes on (a supervisor release is a restart, an OS one a reboot).
         let allowed = force || (window.contains(Timestamp::now()) && meetings() == 0);
-        if let Some(again) = crate::os_update::step(&cfg, &shared, &verified, allowed, asked).await {
+        if let Some(again) = crate::os_update::step(&cfg, &shared, &verified, allowed, asked, &mut os_started).await {
             wait = wait.min(again);
         }
         if !matches!(checked.plan.decision, Decision::Install { .. }) {

@@ -243,7 +243,8 @@ impl Trust {
 
         let consistent = repo.root().signed.consistent_snapshot;
         let mut targets = BTreeMap::new();
-        for r in &manifest.releases {
+        // Supervisor releases and every recipe's OS releases.
+        for r in manifest.releases.iter().chain(manifest.os.values().flatten()) {
             check_target_name(&r.target)?;
             let name = TargetName::new(r.target.as_str())?;
             let t = repo

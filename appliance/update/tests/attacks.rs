@@ -740,3 +740,26 @@ async fn endless_data_stops_at_the_signed_length() {
     }
     assert_eq!(staged(&staging), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn os_releases_are_published_per_recipe_and_verified_like_the_supervisor() {
+    let lab = Lab::new().await;
+    let bundle = lab.tmp.path().join("os-lab-0.5.0.tar");
+    std::fs::write(&bundle, b"an OS bundle of the lab recipe").unwrap();
+    let mut r = release("0.5.0", "stable");
+    r.target = "os-lab-0.5.0.tar".into();
+    lab.publisher.add_os_release("lab", r.clone(), &bundle).await.unwrap();
+    // The same version of the same recipe twice is refused.
+    let again = lab.publisher.add_os_release("lab", r, &bundle).await.unwrap_err();
+    assert!(again.to_string().contains("already published"), "{again}");
+    let v = lab.node("node").refresh().await.unwrap();
+    assert_eq!(v.manifest.os["lab"][0].version, Version::new(0, 5, 0));
+    assert!(
+        v.manifest.os_view("bbb-3.0").releases.is_empty(),
+        "another recipe sees none"
+    );
+    let t = &v.targets["os-lab-0.5.0.tar"];
+    assert_eq!(t.length, b"an OS bundle of the lab recipe".len() as u64);
+    // The supervisor's release is still there beside it.
+    assert!(v.targets.contains_key("appliance-0.2.0.tar.gz"));
+}
