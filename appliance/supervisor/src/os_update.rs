@@ -402,6 +402,11 @@ pub async fn step(
         // Being written: look again soon for the reboot.
         (Some(pd), _) if pd.step == Step::Writing => return Some(Duration::from_secs(30)),
         (Some(_), _) => return None,
+        (None, Decision::Install { .. }) if unit_running(UPDATE_UNIT).await => {
+            // Still downloading (nothing is pending before the write):
+            // look again soon for the reboot.
+            return Some(Duration::from_secs(30));
+        }
         (None, Decision::Install { release, .. }) => {
             // A failed install is tried again at the next regular check
             // (or when an operator asks), not every half minute: each try
@@ -444,6 +449,19 @@ pub async fn step(
     }
     // Look again soon: the unit's result, then the reboot.
     Some(Duration::from_secs(30))
+}
+
+/// Whether systemd is running `unit` now (a oneshot is "activating"
+/// until it is done).
+async fn unit_running(unit: &str) -> bool {
+    use appliance_services::systemd::ServiceManager;
+    match appliance_services::systemd::Systemd::connect().await {
+        Ok(sd) => sd
+            .status(unit)
+            .await
+            .is_ok_and(|s| matches!(s.active_state.as_str(), "activating" | "active" | "reloading")),
+        Err(_) => false,
+    }
 }
 
 /// The config keys of OS updates, with the image's paths as defaults.
