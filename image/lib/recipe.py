@@ -60,6 +60,8 @@ BASE_PACKAGES = {
         "systemd-boot",
         "linux-image-amd64", "initramfs-tools", "busybox", "zstd",
         "cryptsetup-bin", "e2fsprogs", "fdisk", "nftables",
+        # fsck.vfat: systemd-fsck repairs the ESP after a power cut.
+        "dosfstools",
         "ca-certificates", "curl", "iproute2", "procps", "netbase",
     ],
     "ubuntu": [
@@ -67,7 +69,7 @@ BASE_PACKAGES = {
         "systemd", "systemd-sysv", "udev", "dbus", "policykit-1", "libpam-systemd",
         "systemd-timesyncd",
         "linux-image-generic", "initramfs-tools", "busybox-initramfs", "zstd",
-        "cryptsetup-bin", "e2fsprogs", "fdisk", "nftables",
+        "cryptsetup-bin", "e2fsprogs", "fdisk", "nftables", "dosfstools",
         "ca-certificates", "curl", "iproute2", "procps", "netbase",
     ],
 }

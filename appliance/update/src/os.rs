@@ -445,6 +445,7 @@ impl OsInstaller {
             }
         }
         sync_dir(&self.layout.esp.join("loader/entries"))?;
+        sync_fs(&self.layout.esp)?;
         state.pending = Some(OsPending {
             version: version.clone(),
             from: self.running.clone(),
@@ -471,6 +472,7 @@ impl OsInstaller {
             fs::rename(&tmp, boot_dir.join(name)).map_err(UpdateError::io(format!("renaming {}", tmp.display())))?;
         }
         sync_dir(&boot_dir)?;
+        sync_fs(&self.layout.esp)?;
 
         // 3. The slot, streamed, then read back from the disk.
         let mut root = next("root.img")?;
@@ -532,6 +534,7 @@ impl OsInstaller {
             &self.layout.esp.join("loader/entries").join(entry.file_name()),
             text.as_bytes(),
         )?;
+        sync_fs(&self.layout.esp)?;
         if let Some(p) = state.pending.as_mut() {
             p.step = Step::Installed;
         }
@@ -701,6 +704,17 @@ fn sync_dir(d: &Path) -> Result<(), UpdateError> {
     File::open(d)
         .and_then(|f| f.sync_all())
         .map_err(UpdateError::io(format!("syncing {}", d.display())))
+}
+
+/// Syncs the whole file system `p` is on. On the ESP (FAT) a replaced
+/// file's freed clusters are table updates that belong to no file still
+/// there, so neither the new file's nor the directory's fsync writes them:
+/// a power cut afterwards left a table that the kernel refused later (seen
+/// in the VM test). syncfs writes everything.
+fn sync_fs(p: &Path) -> Result<(), UpdateError> {
+    let f = File::open(p).map_err(UpdateError::io(format!("opening {}", p.display())))?;
+    nix::unistd::syncfs(&f)
+        .map_err(|e| UpdateError::io(format!("syncing the file system of {}", p.display()))(e.into()))
 }
 
 /// `APPLIANCE_OS_CRASH_AT=STEP` aborts the process there: the crash tests'
