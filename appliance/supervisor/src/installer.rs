@@ -384,9 +384,12 @@ start=     3672064, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"data\"\n"
         assert_eq!(r, Some("vda".into()));
         assert!(text.contains("\"sdz\" is not one of the disks listed."));
         assert_eq!(ask("").0, None, "end of input: nothing written");
-        let (r, text) = dialogue(&[], &mut "".as_bytes(), &mut Vec::new())
-            .map(|r| (r, String::new()))
-            .unwrap();
-        assert_eq!((r, text), (None, String::new()));
+        // No disk can take it: nothing is asked, whatever is typed.
+        let mut out = Vec::new();
+        assert_eq!(
+            dialogue(&[], &mut "vda\nERASE vda\n".as_bytes(), &mut out).unwrap(),
+            None
+        );
+        assert!(String::from_utf8(out).unwrap().contains("No disk here is large enough"));
     }
 }
