@@ -403,6 +403,7 @@ def plan(r, path):
     w("Units enabled")
     own = ["appliance.service", "appliance-firstboot.service", "appliance-grow-data.service",
            "appliance-os-boot.service", "appliance-os-healthy.service (before boot-complete.target)",
+           "appliance-hw-boot.service (the hardware profile's modules and kernel parameters)",
            "appliance-console@tty1.service",
            "appliance-console@ttyS0.service", "nftables.service", "systemd-networkd.service",
            "systemd-resolved.service" if r["distribution"] == "debian" else "systemd-resolved.service (from systemd)",

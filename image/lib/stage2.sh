@@ -128,6 +128,10 @@ CONF
     done
     enable_units appliance-os-boot.service appliance-os-healthy.service
 
+    # The hardware profile's kernel modules and parameters, at every boot.
+    install -m 0644 "$REPO_ROOT/image/units/appliance-hw-boot.service" "$ROOT/lib/systemd/system/appliance-hw-boot.service"
+    enable_units appliance-hw-boot.service
+
     # The first release is the image's own supervisor: updates switch
     # releases/current, which the unit runs (docs/updates.md).
     local version

@@ -349,6 +349,7 @@ mod tests {
             ],
             uplink: Uplink::default(),
             capacity: Capacity::default(),
+            boot: Default::default(),
         }
     }
 

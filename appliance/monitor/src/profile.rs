@@ -27,6 +27,88 @@ pub struct HwProfile {
     pub uplink: Uplink,
     #[serde(default)]
     pub capacity: Capacity,
+    #[serde(default)]
+    pub boot: Boot,
+}
+
+/// What the model needs from the kernel, applied at every start by
+/// `appliance hw boot` (appliance-hw-boot.service).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Modules to load: sensor drivers that no device alias loads by
+    /// itself (drivetemp, nct6775, ...).
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Kernel command-line parameters, written into the boot entries; they
+    /// take effect from the next start.
+    #[serde(default)]
+    pub kernel_params: Vec<String>,
+}
+
+/// Parameters the image itself sets, or that would let a profile change
+/// what is booted or verified: a profile may not set them.
+const RESERVED_PARAMS: &[&str] = &[
+    "root",
+    "rootfstype",
+    "ro",
+    "rw",
+    "init",
+    "rdinit",
+    "initrd",
+    "console",
+    "panic",
+    "systemd.",
+    "rd.",
+    "appliance.",
+    "module_blacklist",
+    "modprobe.",
+];
+
+fn check_module(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!(
+            "{name:?} is not a kernel module name (letters, digits, _ and -)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_param(param: &str) -> Result<(), String> {
+    if param.is_empty()
+        || param.len() > 200
+        || !param
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '\'')
+    {
+        return Err(format!(
+            "{param:?} is not one kernel parameter (printable ASCII, no spaces or quotes)"
+        ));
+    }
+    let key = param.split('=').next().unwrap_or_default();
+    if RESERVED_PARAMS.iter().any(|r| {
+        if r.ends_with('.') {
+            key.starts_with(r)
+        } else {
+            key == *r
+        }
+    }) {
+        return Err(format!(
+            "{param:?} sets {key}, which the image owns (root, console, verity, systemd and initramfs settings)"
+        ));
+    }
+    Ok(())
+}
+
+/// The profile's kernel parameters that `cmdline` (e.g. /proc/cmdline)
+/// does not carry yet, word for word.
+pub fn missing_params<'a>(wanted: &'a [String], cmdline: &str) -> Vec<&'a str> {
+    let have: Vec<&str> = cmdline.split_whitespace().collect();
+    wanted
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !have.contains(w))
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -181,6 +263,12 @@ pub fn load_file(path: &Path) -> Result<HwProfile, Error> {
             return Err(err(format!("match.{k}"), format!("{v:?} is not a valid glob")));
         }
     }
+    for (i, m) in profile.boot.modules.iter().enumerate() {
+        check_module(m).map_err(|w| err(format!("boot.modules[{i}]"), w))?;
+    }
+    for (i, p) in profile.boot.kernel_params.iter().enumerate() {
+        check_param(p).map_err(|w| err(format!("boot.kernel_params[{i}]"), w))?;
+    }
     Ok(profile)
 }
 
@@ -268,7 +356,54 @@ mod tests {
             sensors: vec![],
             uplink: Uplink::default(),
             capacity: Capacity::default(),
+            boot: Boot::default(),
         }
+    }
+
+    #[test]
+    fn boot_settings_are_checked_when_the_profile_loads() {
+        let dir = std::env::temp_dir().join(format!("hw-boot-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let load = |boot: &str| {
+            let path = dir.join("x.toml");
+            fs::write(&path, format!("name = \"x\"\ndescription = \"d\"\n[boot]\n{boot}\n")).unwrap();
+            load_file(&path).map_err(|e| e.to_string())
+        };
+        let ok = load(
+            "modules = [\"drivetemp\", \"nct6775\"]\nkernel_params = [\"acpi_enforce_resources=lax\", \"nowatchdog\"]",
+        )
+        .unwrap();
+        assert_eq!(ok.boot.modules, ["drivetemp", "nct6775"]);
+        assert_eq!(ok.boot.kernel_params, ["acpi_enforce_resources=lax", "nowatchdog"]);
+        let refused = [
+            ("modules = [\"../evil\"]", "boot.modules[0]"),
+            ("modules = [\"a b\"]", "boot.modules[0]"),
+            ("kernel_params = [\"quiet\", \"a b\"]", "boot.kernel_params[1]"),
+            ("kernel_params = [\"x=\\\"y\\\"\"]", "boot.kernel_params[0]"),
+            ("kernel_params = [\"root=/dev/sda2\"]", "sets root"),
+            ("kernel_params = [\"ro\"]", "sets ro"),
+            ("kernel_params = [\"appliance.verity=00:1\"]", "sets appliance.verity"),
+            ("kernel_params = [\"systemd.unit=rescue.target\"]", "sets systemd.unit"),
+            ("kernel_params = [\"init=/bin/sh\"]", "sets init"),
+            ("kernel_params = [\"\"]", "boot.kernel_params[0]"),
+            ("firmware = [\"x\"]", "unknown field"),
+        ];
+        for (boot, want) in refused {
+            let e = load(boot).unwrap_err();
+            assert!(e.contains(want), "{boot}: {e}");
+        }
+        // Names that merely start like a reserved one are the profile's.
+        assert!(load("kernel_params = [\"rootdelay=5\", \"panicky=1\"]").is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_params_compare_whole_words() {
+        let wanted = vec!["nowatchdog".to_string(), "acpi_enforce_resources=lax".to_string()];
+        let cmdline = "root=/dev/mapper/root ro nowatchdog acpi_enforce_resources=strict\n";
+        assert_eq!(missing_params(&wanted, cmdline), ["acpi_enforce_resources=lax"]);
+        assert!(missing_params(&wanted, "nowatchdog acpi_enforce_resources=lax").is_empty());
+        assert_eq!(missing_params(&wanted, "nowatchdogs").len(), 2);
     }
 
     fn dmi(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

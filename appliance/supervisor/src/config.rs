@@ -337,6 +337,20 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// The hardware profile of this machine (by DMI, or the one the config
+    /// names) and why it was chosen.
+    pub fn detect_profile(&self) -> Result<(&HwProfile, profile::Detection), appliance_monitor::Error> {
+        let dmi = appliance_monitor::sysfs::read_dmi(&self.monitor.sysfs_root);
+        let forced = (self.hardware.profile != "auto").then_some(self.hardware.profile.as_str());
+        let d = profile::detect(&self.profiles, &dmi, forced)?;
+        let p = self
+            .profiles
+            .iter()
+            .find(|p| p.name == d.profile)
+            .expect("detect returns one of the profiles");
+        Ok((p, d))
+    }
+
     /// Reads, parses and validates `path`, including the filesystem facts
     /// the supervisor depends on (sensor roots readable, profiles valid).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use appliance_monitor::collector::Collector;
-use appliance_monitor::{Roots, StatVfs, profile, sysfs};
+use appliance_monitor::{Roots, StatVfs, profile};
 use appliance_supervisor::config::{self, Config};
 use appliance_supervisor::{control, logging, os_update, run, state, update};
 use clap::{Parser, Subcommand};
@@ -196,6 +196,10 @@ enum ServicesCommand {
 enum HwCommand {
     /// Show which hardware profile matches this machine, and why.
     Detect,
+    /// Apply the profile's [boot] section: load its kernel modules and
+    /// write its kernel parameters into the boot entries (root; run by
+    /// appliance-hw-boot.service at every start).
+    Boot,
 }
 
 fn main() -> ExitCode {
@@ -219,7 +223,7 @@ fn main() -> ExitCode {
         };
         print!(
             "{}",
-            appliance_update::os::entry_text(recipe, version, slot, *generation, roothash, *hash_offset)
+            appliance_update::os::entry_text(recipe, version, slot, *generation, roothash, *hash_offset, &[])
         );
         return ExitCode::SUCCESS;
     }
@@ -239,6 +243,9 @@ fn main() -> ExitCode {
         Command::Hw {
             command: HwCommand::Detect,
         } => hw_detect(&cfg),
+        Command::Hw {
+            command: HwCommand::Boot,
+        } => hw_boot(&cfg),
         Command::Services { command, json } => services(&cfg.control_socket(), command, json),
         Command::Firstboot => firstboot(&cfg),
         Command::Console { once, qr } => console(&cfg, once, qr),
@@ -459,15 +466,72 @@ fn install(cfg: &Config, target: Option<String>, yes: bool, no_reboot: bool) -> 
     Ok(())
 }
 
+/// sysfs names a module with `_` where its file name may have `-`.
+fn module_loaded(sys: &Path, name: &str) -> bool {
+    sys.join("module").join(name.replace('-', "_")).exists()
+}
+
+fn kernel_cmdline(cfg: &Config) -> String {
+    std::fs::read_to_string(cfg.monitor.procfs_root.join("cmdline")).unwrap_or_default()
+}
+
+fn hw_boot(cfg: &Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (p, d) = cfg.detect_profile()?;
+    println!("hardware profile {}: {}", p.name, d.reason);
+    let mut failed = Vec::new();
+    for m in &p.boot.modules {
+        let out = std::process::Command::new("modprobe")
+            .arg("--")
+            .arg(m)
+            .output()
+            .context("running modprobe")?;
+        if out.status.success() && module_loaded(&cfg.monitor.sysfs_root, m) {
+            println!("module {m}: loaded");
+        } else {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            println!("module {m}: NOT loaded: {why}");
+            failed.push(m.as_str());
+        }
+    }
+    let params = &p.boot.kernel_params;
+    if !params.is_empty() {
+        let missing = profile::missing_params(params, &kernel_cmdline(cfg));
+        match os_update::system(cfg)? {
+            Some(sys) => {
+                let changed = os_update::installer(cfg, &sys)?.add_kernel_params(params)?;
+                for e in &changed {
+                    println!("boot entry {e}: kernel parameters added");
+                }
+                if missing.is_empty() {
+                    println!("kernel parameters {}: in effect", params.join(" "));
+                } else {
+                    println!(
+                        "kernel parameters {}: in the boot entries; in effect from the next start",
+                        missing.join(" ")
+                    );
+                }
+            }
+            None if missing.is_empty() => println!("kernel parameters {}: in effect", params.join(" ")),
+            None => println!(
+                "kernel parameters {}: not in effect, and this is not a city node image: add them to the boot loader's command line",
+                missing.join(" ")
+            ),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "the hardware profile {} needs kernel module(s) {} that could not be loaded: its sensors are not watched",
+            p.name,
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn hw_detect(cfg: &Config) -> anyhow::Result<()> {
-    let dmi = sysfs::read_dmi(&cfg.monitor.sysfs_root);
-    let forced = (cfg.hardware.profile != "auto").then_some(cfg.hardware.profile.as_str());
-    let d = profile::detect(&cfg.profiles, &dmi, forced)?;
-    let p = cfg
-        .profiles
-        .iter()
-        .find(|p| p.name == d.profile)
-        .expect("detected profile exists");
+    let (p, d) = cfg.detect_profile()?;
+    let dmi: Vec<(String, String)> = d.dmi.clone().into_iter().collect();
     println!("profile   {}", p.name);
     println!("          {}", p.description);
     println!("reason    {}", d.reason);
@@ -487,6 +551,24 @@ fn hw_detect(cfg: &Config) -> anyhow::Result<()> {
         .filter(|n| *n != p.name)
         .collect();
     println!("others    {}", others.join(", "));
+    for m in &p.boot.modules {
+        let state = if module_loaded(&cfg.monitor.sysfs_root, m) {
+            "loaded"
+        } else {
+            "not loaded (appliance-hw-boot.service loads it at start)"
+        };
+        println!("module    {m}: {state}");
+    }
+    let cmdline = kernel_cmdline(cfg);
+    let missing = profile::missing_params(&p.boot.kernel_params, &cmdline);
+    for k in &p.boot.kernel_params {
+        let state = if missing.contains(&k.as_str()) {
+            "not in effect yet (appliance-hw-boot.service writes it into the boot entries; in effect from the next start)"
+        } else {
+            "in effect"
+        };
+        println!("kernel    {k}: {state}");
+    }
     let mut c = Collector::new(
         Roots {
             sys: cfg.monitor.sysfs_root.clone(),

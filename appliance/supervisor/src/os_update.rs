@@ -73,7 +73,7 @@ pub fn system(cfg: &Config) -> Result<Option<System>> {
     }))
 }
 
-fn installer(cfg: &Config, sys: &System) -> Result<OsInstaller> {
+pub fn installer(cfg: &Config, sys: &System) -> Result<OsInstaller> {
     let o = &cfg.update.os;
     Ok(OsInstaller {
         layout: Layout::of_boot_disk(&o.run_dir, Path::new("/sys/class/block"), &o.esp)?,
@@ -84,6 +84,7 @@ fn installer(cfg: &Config, sys: &System) -> Result<OsInstaller> {
         write_rate: std::env::var("APPLIANCE_OS_WRITE_RATE")
             .ok()
             .and_then(|r| r.parse().ok()),
+        kernel_params: cfg.detect_profile()?.0.boot.kernel_params.clone(),
     })
 }
 

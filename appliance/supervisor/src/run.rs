@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use appliance_monitor::collector::Collector;
-use appliance_monitor::{Alerts, History, Roots, Severity, Snapshot, StatVfs, profile, sysfs};
+use appliance_monitor::{Alerts, History, Roots, Severity, Snapshot, StatVfs};
 
 use crate::config::Config;
 use crate::control;
@@ -36,15 +36,8 @@ pub fn run(cfg: Config) -> Result<()> {
     fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o750))
         .with_context(|| format!("node.state_dir {}", state_dir.display()))?;
 
-    let dmi = sysfs::read_dmi(&cfg.monitor.sysfs_root);
-    let forced = (cfg.hardware.profile != "auto").then_some(cfg.hardware.profile.as_str());
-    let detection = profile::detect(&cfg.profiles, &dmi, forced).context("hardware profile")?;
-    let hw = cfg
-        .profiles
-        .iter()
-        .find(|p| p.name == detection.profile)
-        .cloned()
-        .expect("detected profile exists");
+    let (hw, detection) = cfg.detect_profile().context("hardware profile")?;
+    let hw = hw.clone();
     log::info!("hardware profile {}: {}", hw.name, detection.reason);
 
     let history = load_history(&state_dir.join(HISTORY_FILE));

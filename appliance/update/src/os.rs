@@ -191,13 +191,46 @@ pub fn entry_text(
     generation: u64,
     roothash: &str,
     hash_offset: u64,
+    extra_params: &[String],
 ) -> String {
+    let mut options = kernel_cmdline(slot, roothash, hash_offset);
+    for p in extra_params {
+        options.push(' ');
+        options.push_str(p);
+    }
     format!(
         "title   City node {os_version} ({recipe}, slot {slot})\nsort-key appliance\nversion {generation}\n\
-         linux   /appliance/{l}/vmlinuz\ninitrd  /appliance/{l}/initrd.img\noptions {}\n",
-        kernel_cmdline(slot, roothash, hash_offset),
+         linux   /appliance/{l}/vmlinuz\ninitrd  /appliance/{l}/initrd.img\noptions {options}\n",
         l = slot.letter()
     )
+}
+
+/// An entry's text with `params` appended to its `options` line where that
+/// line lacks them; `None` when nothing is missing (or there is no such
+/// line, which no entry of ours lacks).
+pub fn with_params(entry: &str, params: &[String]) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(entry.len() + 64);
+    for line in entry.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        match body.strip_prefix("options") {
+            Some(rest) if rest.starts_with([' ', '\t']) => {
+                let have: Vec<&str> = rest.split_whitespace().collect();
+                let mut l = body.to_string();
+                for p in params.iter().filter(|p| !have.contains(&p.as_str())) {
+                    l.push(' ');
+                    l.push_str(p);
+                    changed = true;
+                }
+                out.push_str(&l);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    changed.then_some(out)
 }
 
 /// An OS update between its first write and its verdict.
@@ -334,6 +367,8 @@ pub struct OsInstaller {
     /// takes it). A knob for slow disks, and for a test to catch a write
     /// in the middle.
     pub write_rate: Option<u64>,
+    /// The hardware profile's kernel parameters, for the new slot's entry.
+    pub kernel_params: Vec<String>,
 }
 
 impl OsInstaller {
@@ -379,6 +414,26 @@ impl OsInstaller {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// Adds the hardware profile's kernel parameters to every boot entry
+    /// that lacks them (names, and so try counters, unchanged). Returns the
+    /// entries rewritten; the parameters take effect at the next start.
+    pub fn add_kernel_params(&self, params: &[String]) -> Result<Vec<String>, UpdateError> {
+        let dir = self.layout.esp.join("loader/entries");
+        let mut changed = Vec::new();
+        for (name, _) in self.entries()? {
+            let path = dir.join(&name);
+            let text = fs::read_to_string(&path).map_err(UpdateError::io(format!("reading {}", path.display())))?;
+            if let Some(new) = with_params(&text, params) {
+                write_atomically(&path, new.as_bytes())?;
+                changed.push(name);
+            }
+        }
+        if !changed.is_empty() {
+            sync_fs(&self.layout.esp)?;
+        }
+        Ok(changed)
     }
 
     fn generation_of(&self, file: &str) -> u64 {
@@ -529,6 +584,7 @@ impl OsInstaller {
             generation,
             &info.roothash,
             info.hash_offset,
+            &self.kernel_params,
         );
         write_atomically(
             &self.layout.esp.join("loader/entries").join(entry.file_name()),
@@ -826,7 +882,15 @@ mod tests {
 
     #[test]
     fn the_entry_text_is_what_the_initramfs_reads() {
-        let t = entry_text("lab", &"1.2.3".parse().unwrap(), Slot::B, 7, &"ab".repeat(32), 8192);
+        let t = entry_text(
+            "lab",
+            &"1.2.3".parse().unwrap(),
+            Slot::B,
+            7,
+            &"ab".repeat(32),
+            8192,
+            &[],
+        );
         assert_eq!(
             t,
             format!(
@@ -835,6 +899,50 @@ mod tests {
                  console=tty0 console=ttyS0,115200 panic=10\n",
                 "ab".repeat(32)
             )
+        );
+    }
+
+    #[test]
+    fn hardware_params_join_the_options_line_once() {
+        let params = vec!["nowatchdog".to_string(), "acpi_enforce_resources=lax".to_string()];
+        let t = entry_text(
+            "lab",
+            &"1.2.3".parse().unwrap(),
+            Slot::A,
+            1,
+            &"ab".repeat(32),
+            8192,
+            &params,
+        );
+        let options = t.lines().find(|l| l.starts_with("options ")).unwrap();
+        assert!(
+            options.ends_with(" panic=10 nowatchdog acpi_enforce_resources=lax"),
+            "{options}"
+        );
+        // Written already: nothing to do.
+        assert_eq!(with_params(&t, &params), None);
+        let bare = entry_text(
+            "lab",
+            &"1.2.3".parse().unwrap(),
+            Slot::A,
+            1,
+            &"ab".repeat(32),
+            8192,
+            &[],
+        );
+        assert_eq!(with_params(&bare, &params).as_deref(), Some(t.as_str()));
+        // One of two present: only the other is added; other lines untouched.
+        let half = bare.replace("panic=10", "panic=10 nowatchdog");
+        assert_eq!(with_params(&half, &params).as_deref(), Some(t.as_str()));
+        // A parameter is a whole word: "nowatchdogs" is not "nowatchdog".
+        let near = bare.replace("panic=10", "panic=10 nowatchdogs");
+        let fixed = with_params(&near, &params).unwrap();
+        assert!(fixed.contains("nowatchdogs nowatchdog acpi"), "{fixed}");
+        // No options line, no last newline: left as it is.
+        assert_eq!(with_params("title x\nlinux /k", &params), None);
+        assert_eq!(
+            with_params("options a", &params).as_deref(),
+            Some("options a nowatchdog acpi_enforce_resources=lax")
         );
     }
 

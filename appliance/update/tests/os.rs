@@ -50,6 +50,7 @@ impl Box_ {
             running: running.parse().unwrap(),
             booted,
             write_rate: None,
+            kernel_params: vec![],
         }
     }
 
@@ -231,6 +232,7 @@ fn a_write_cut_short_is_tried_again_not_held_against_the_version() {
             running: "0.1.0".parse().unwrap(),
             booted: Slot::A,
             write_rate: None,
+            kernel_params: vec![],
         };
         let _ = inst.install(
             &dir.join("b-lab-0.2.0-false/bundle.tar"),
