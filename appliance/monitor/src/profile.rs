@@ -46,24 +46,43 @@ pub struct Boot {
     pub kernel_params: Vec<String>,
 }
 
-/// Parameters the image itself sets, or that would let a profile change
-/// what is booted or verified: a profile may not set them.
-const RESERVED_PARAMS: &[&str] = &[
-    "root",
-    "rootfstype",
-    "ro",
-    "rw",
-    "init",
-    "rdinit",
-    "initrd",
-    "console",
-    "panic",
-    "systemd.",
-    "rd.",
-    "appliance.",
-    "module_blacklist",
-    "modprobe.",
+/// The kernel parameters a hardware profile may set: hardware quirks
+/// (ACPI, PCIe power management, IOMMU, CPU idle and frequency drivers,
+/// clocks, watchdogs, NVMe power states), with any value. An allowlist, not
+/// a blocklist: the kernel, the initramfs and systemd each read parameters
+/// of their own (`init=`, `boot=nfs`, `break=`, `blacklist=`, `rescue`,
+/// `fsck.mode=`, `--`, ...) that would change what boots or is verified.
+/// Module parameters (`drivetemp.x=1`) are allowed for the profile's own
+/// `modules`. Keys are compared with `-` read as `_`, as the kernel does.
+const HARDWARE_PARAMS: &[&str] = &[
+    "acpi_enforce_resources",
+    "pcie_aspm",
+    "pcie_aspm.policy",
+    "pcie_ports",
+    "pci",
+    "intel_iommu",
+    "amd_iommu",
+    "iommu",
+    "iommu.passthrough",
+    "iommu.strict",
+    "intel_idle.max_cstate",
+    "processor.max_cstate",
+    "intel_pstate",
+    "amd_pstate",
+    "idle",
+    "nmi_watchdog",
+    "nowatchdog",
+    "tsc",
+    "clocksource",
+    "hpet",
+    "nvme_core.default_ps_max_latency_us",
+    "libata.force",
+    "usbcore.autosuspend",
 ];
+
+/// Parameters allowed with some values only: those that would weaken the
+/// box are not a hardware quirk.
+const RESTRICTED_PARAMS: &[(&str, &[&str])] = &[("mitigations", &["auto", "auto,nosmt"])];
 
 fn check_module(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
@@ -74,7 +93,7 @@ fn check_module(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_param(param: &str) -> Result<(), String> {
+fn check_param(param: &str, modules: &[String]) -> Result<(), String> {
     if param.is_empty()
         || param.len() > 200
         || !param
@@ -85,19 +104,34 @@ fn check_param(param: &str) -> Result<(), String> {
             "{param:?} is not one kernel parameter (printable ASCII, no spaces or quotes)"
         ));
     }
-    let key = param.split('=').next().unwrap_or_default();
-    if RESERVED_PARAMS.iter().any(|r| {
-        if r.ends_with('.') {
-            key.starts_with(r)
-        } else {
-            key == *r
-        }
-    }) {
-        return Err(format!(
-            "{param:?} sets {key}, which the image owns (root, console, verity, systemd and initramfs settings)"
-        ));
+    let (key, value) = match param.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (param, None),
+    };
+    let key = key.replace('-', "_");
+    if HARDWARE_PARAMS.contains(&key.as_str()) {
+        return Ok(());
     }
-    Ok(())
+    if let Some((_, values)) = RESTRICTED_PARAMS.iter().find(|(k, _)| *k == key) {
+        return match value {
+            Some(v) if values.contains(&v) => Ok(()),
+            _ => Err(format!(
+                "{param:?}: a profile may set {key} only to {}",
+                values.join(" or ")
+            )),
+        };
+    }
+    if let Some((module, _)) = key.split_once('.')
+        && modules.iter().any(|m| m.replace('-', "_") == module)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{param:?} is not a hardware setting a profile may make (allowed: {}, {}, and parameters of the profile's own modules); \
+         the image owns the rest (root, init, console, verity, systemd and initramfs settings)",
+        HARDWARE_PARAMS.join(", "),
+        RESTRICTED_PARAMS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// The profile's kernel parameters that `cmdline` (e.g. /proc/cmdline)
@@ -267,7 +301,7 @@ pub fn load_file(path: &Path) -> Result<HwProfile, Error> {
         check_module(m).map_err(|w| err(format!("boot.modules[{i}]"), w))?;
     }
     for (i, p) in profile.boot.kernel_params.iter().enumerate() {
-        check_param(p).map_err(|w| err(format!("boot.kernel_params[{i}]"), w))?;
+        check_param(p, &profile.boot.modules).map_err(|w| err(format!("boot.kernel_params[{i}]"), w))?;
     }
     Ok(profile)
 }
@@ -375,25 +409,50 @@ mod tests {
         .unwrap();
         assert_eq!(ok.boot.modules, ["drivetemp", "nct6775"]);
         assert_eq!(ok.boot.kernel_params, ["acpi_enforce_resources=lax", "nowatchdog"]);
+        let owned = "the image owns the rest";
         let refused = [
             ("modules = [\"../evil\"]", "boot.modules[0]"),
             ("modules = [\"a b\"]", "boot.modules[0]"),
-            ("kernel_params = [\"quiet\", \"a b\"]", "boot.kernel_params[1]"),
-            ("kernel_params = [\"x=\\\"y\\\"\"]", "boot.kernel_params[0]"),
-            ("kernel_params = [\"root=/dev/sda2\"]", "sets root"),
-            ("kernel_params = [\"ro\"]", "sets ro"),
-            ("kernel_params = [\"appliance.verity=00:1\"]", "sets appliance.verity"),
-            ("kernel_params = [\"systemd.unit=rescue.target\"]", "sets systemd.unit"),
-            ("kernel_params = [\"init=/bin/sh\"]", "sets init"),
+            ("kernel_params = [\"nowatchdog\", \"a b\"]", "boot.kernel_params[1]"),
+            ("kernel_params = [\"pci=\\\"y\\\"\"]", "boot.kernel_params[0]"),
             ("kernel_params = [\"\"]", "boot.kernel_params[0]"),
+            // What boots, what is verified, what init does: never a profile's.
+            ("kernel_params = [\"root=/dev/sda2\"]", owned),
+            ("kernel_params = [\"ro\"]", owned),
+            ("kernel_params = [\"init=/bin/sh\"]", owned),
+            ("kernel_params = [\"appliance.verity=00:1\"]", owned),
+            ("kernel_params = [\"systemd.unit=rescue.target\"]", owned),
+            ("kernel_params = [\"rescue\"]", owned),
+            ("kernel_params = [\"single\"]", owned),
+            ("kernel_params = [\"--\"]", owned),
+            ("kernel_params = [\"fsck.mode=skip\"]", owned),
+            // initramfs-tools' own: NFS root (no verity), break, blacklist.
+            ("kernel_params = [\"boot=nfs\"]", owned),
+            ("kernel_params = [\"break=top\"]", owned),
+            ("kernel_params = [\"blacklist=dm_verity\"]", owned),
+            // "-" is "_" to the kernel.
+            ("kernel_params = [\"module-blacklist=dm_verity\"]", owned),
+            ("kernel_params = [\"lsm=\"]", owned),
+            ("kernel_params = [\"efi=noruntime\"]", owned),
+            // Weakening is not a hardware quirk.
+            ("kernel_params = [\"mitigations=off\"]", "only to auto or auto,nosmt"),
+            ("kernel_params = [\"mitigations\"]", "only to auto or auto,nosmt"),
+            // Parameters of modules the profile does not load.
+            ("kernel_params = [\"dm_verity.x=1\"]", owned),
+            (
+                "modules = [\"drivetemp\"]\nkernel_params = [\"dm-mod.create=x\"]",
+                owned,
+            ),
             ("firmware = [\"x\"]", "unknown field"),
         ];
         for (boot, want) in refused {
             let e = load(boot).unwrap_err();
             assert!(e.contains(want), "{boot}: {e}");
         }
-        // Names that merely start like a reserved one are the profile's.
-        assert!(load("kernel_params = [\"rootdelay=5\", \"panicky=1\"]").is_ok());
+        let allowed = load(
+            "modules = [\"nct6775\", \"it87-x\"]\nkernel_params = [\"pcie-aspm=off\", \"mitigations=auto,nosmt\", \"intel_idle.max_cstate=1\", \"nct6775.force_id=0xd420\", \"it87_x.ignore=1\"]",
+        );
+        assert!(allowed.is_ok(), "{allowed:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -466,9 +466,20 @@ fn install(cfg: &Config, target: Option<String>, yes: bool, no_reboot: bool) -> 
     Ok(())
 }
 
-/// sysfs names a module with `_` where its file name may have `-`.
-fn module_loaded(sys: &Path, name: &str) -> bool {
-    sys.join("module").join(name.replace('-', "_")).exists()
+/// Loaded, or built into the kernel (a built-in module without
+/// parameters has no /sys/module entry). sysfs and modules.builtin name a
+/// module with `_` where its file name may have `-`.
+fn module_loaded(cfg: &Config, name: &str) -> bool {
+    let name = name.replace('-', "_");
+    if cfg.monitor.sysfs_root.join("module").join(&name).exists() {
+        return true;
+    }
+    let release = std::fs::read_to_string(cfg.monitor.procfs_root.join("sys/kernel/osrelease")).unwrap_or_default();
+    std::fs::read_to_string(Path::new("/lib/modules").join(release.trim()).join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Path::new(l).file_name()?.to_str()?.strip_suffix(".ko"))
+        .any(|m| m.replace('-', "_") == name)
 }
 
 fn kernel_cmdline(cfg: &Config) -> String {
@@ -486,7 +497,7 @@ fn hw_boot(cfg: &Config) -> anyhow::Result<()> {
             .arg(m)
             .output()
             .context("running modprobe")?;
-        if out.status.success() && module_loaded(&cfg.monitor.sysfs_root, m) {
+        if out.status.success() {
             println!("module {m}: loaded");
         } else {
             let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -552,7 +563,7 @@ fn hw_detect(cfg: &Config) -> anyhow::Result<()> {
         .collect();
     println!("others    {}", others.join(", "));
     for m in &p.boot.modules {
-        let state = if module_loaded(&cfg.monitor.sysfs_root, m) {
+        let state = if module_loaded(cfg, m) {
             "loaded"
         } else {
             "not loaded (appliance-hw-boot.service loads it at start)"

@@ -84,7 +84,15 @@ pub fn installer(cfg: &Config, sys: &System) -> Result<OsInstaller> {
         write_rate: std::env::var("APPLIANCE_OS_WRITE_RATE")
             .ok()
             .and_then(|r| r.parse().ok()),
-        kernel_params: cfg.detect_profile()?.0.boot.kernel_params.clone(),
+        // Without a profile the new entry has none: better than no update
+        // (and no health gate) at all; `appliance hw boot` says why.
+        kernel_params: match cfg.detect_profile() {
+            Ok((p, _)) => p.boot.kernel_params.clone(),
+            Err(e) => {
+                log::warn!("hardware profile: {e}; the new slot's entry gets no profile kernel parameters");
+                Vec::new()
+            }
+        },
     })
 }
 

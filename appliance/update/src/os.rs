@@ -205,32 +205,41 @@ pub fn entry_text(
     )
 }
 
-/// An entry's text with `params` appended to its `options` line where that
-/// line lacks them; `None` when nothing is missing (or there is no such
-/// line, which no entry of ours lacks).
+/// An entry's text with `params` appended to its first `options` line,
+/// those no `options` line has yet (systemd-boot joins them all); `None`
+/// when nothing is missing, or there is no `options` line (no entry of
+/// ours lacks one). Line endings are kept as they are.
 pub fn with_params(entry: &str, params: &[String]) -> Option<String> {
-    let mut changed = false;
+    fn options(line: &str) -> Option<&str> {
+        let rest = line.trim_start().strip_prefix("options")?;
+        rest.starts_with([' ', '\t']).then_some(rest)
+    }
+    let have: Vec<&str> = entry
+        .lines()
+        .filter_map(options)
+        .flat_map(str::split_whitespace)
+        .collect();
+    let missing: Vec<&String> = params.iter().filter(|p| !have.contains(&p.as_str())).collect();
+    if missing.is_empty() {
+        return None;
+    }
     let mut out = String::with_capacity(entry.len() + 64);
+    let mut done = false;
     for line in entry.split_inclusive('\n') {
-        let body = line.trim_end_matches('\n');
-        match body.strip_prefix("options") {
-            Some(rest) if rest.starts_with([' ', '\t']) => {
-                let have: Vec<&str> = rest.split_whitespace().collect();
-                let mut l = body.to_string();
-                for p in params.iter().filter(|p| !have.contains(&p.as_str())) {
-                    l.push(' ');
-                    l.push_str(p);
-                    changed = true;
-                }
-                out.push_str(&l);
-                if line.ends_with('\n') {
-                    out.push('\n');
-                }
+        let body = line.trim_end_matches(['\n', '\r']);
+        if !done && options(body).is_some() {
+            out.push_str(body);
+            for p in &missing {
+                out.push(' ');
+                out.push_str(p);
             }
-            _ => out.push_str(line),
+            out.push_str(&line[body.len()..]);
+            done = true;
+        } else {
+            out.push_str(line);
         }
     }
-    changed.then_some(out)
+    done.then_some(out)
 }
 
 /// An OS update between its first write and its verdict.
@@ -416,13 +425,16 @@ impl OsInstaller {
         Ok(out)
     }
 
-    /// Adds the hardware profile's kernel parameters to every boot entry
-    /// that lacks them (names, and so try counters, unchanged). Returns the
-    /// entries rewritten; the parameters take effect at the next start.
+    /// Adds the hardware profile's kernel parameters to the running slot's
+    /// boot entry where it lacks them (name, and so try counters,
+    /// unchanged). Returns the entries rewritten; the parameters take
+    /// effect at the next start. The other slot's entry is left alone: it
+    /// is the way back when something goes wrong, and a new parameter that
+    /// stops the boot must not be written into both.
     pub fn add_kernel_params(&self, params: &[String]) -> Result<Vec<String>, UpdateError> {
         let dir = self.layout.esp.join("loader/entries");
         let mut changed = Vec::new();
-        for (name, _) in self.entries()? {
+        for (name, _) in self.entries()?.into_iter().filter(|(_, e)| e.slot == self.booted) {
             let path = dir.join(&name);
             let text = fs::read_to_string(&path).map_err(UpdateError::io(format!("reading {}", path.display())))?;
             if let Some(new) = with_params(&text, params) {
@@ -938,11 +950,21 @@ mod tests {
         let near = bare.replace("panic=10", "panic=10 nowatchdogs");
         let fixed = with_params(&near, &params).unwrap();
         assert!(fixed.contains("nowatchdogs nowatchdog acpi"), "{fixed}");
-        // No options line, no last newline: left as it is.
+        // No options line: left as it is; no last newline: none added.
         assert_eq!(with_params("title x\nlinux /k", &params), None);
         assert_eq!(
             with_params("options a", &params).as_deref(),
             Some("options a nowatchdog acpi_enforce_resources=lax")
+        );
+        // Two options lines (systemd-boot joins them): the first gets what
+        // neither has; CRLF endings stay.
+        assert_eq!(
+            with_params("options a nowatchdog\r\noptions\tb\r\n", &params).as_deref(),
+            Some("options a nowatchdog acpi_enforce_resources=lax\r\noptions\tb\r\n")
+        );
+        assert_eq!(
+            with_params("  options a\noptions nowatchdog acpi_enforce_resources=lax\n", &params),
+            None
         );
     }
 

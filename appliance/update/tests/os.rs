@@ -269,3 +269,52 @@ fn a_write_cut_short_is_tried_again_not_held_against_the_version() {
     inst.install(&bundle, &"0.2.0".parse().unwrap(), now()).unwrap();
     assert_eq!(b.entries(), ["appliance-a.conf", "appliance-b+3.conf"]);
 }
+
+#[test]
+fn hardware_params_go_into_the_running_slots_entry_and_the_new_one() {
+    let b = Box_::new();
+    let params = vec!["nowatchdog".to_string()];
+    let entries = b.p("esp/loader/entries");
+    fs::write(
+        entries.join("appliance-a.conf"),
+        "title   City node 0.1.0 (lab, slot A)\nversion 1\noptions root=/dev/mapper/root ro\n",
+    )
+    .unwrap();
+    let mut inst = b.installer(Slot::A, "0.1.0");
+    inst.kernel_params = params.clone();
+    // The update's new entry carries them from its first boot.
+    inst.install(
+        &bundle(b.dir.path(), "lab", "0.2.0", false),
+        &"0.2.0".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    let new = fs::read_to_string(entries.join("appliance-b+3.conf")).unwrap();
+    assert!(
+        new.lines()
+            .any(|l| l.starts_with("options ") && l.ends_with(" nowatchdog")),
+        "{new}"
+    );
+    // The running slot's entry gets them, name (and tries) unchanged; once.
+    assert_eq!(inst.add_kernel_params(&params).unwrap(), ["appliance-a.conf"]);
+    assert_eq!(
+        fs::read_to_string(entries.join("appliance-a.conf")).unwrap(),
+        "title   City node 0.1.0 (lab, slot A)\nversion 1\noptions root=/dev/mapper/root ro nowatchdog\n"
+    );
+    assert!(inst.add_kernel_params(&params).unwrap().is_empty());
+    assert_eq!(b.entries(), ["appliance-a.conf", "appliance-b+3.conf"]);
+    // Booted from B (a trial): A, the way back, is not touched.
+    let on_b = b.installer(Slot::B, "0.2.0");
+    let more = vec!["nowatchdog".to_string(), "pcie_aspm=off".to_string()];
+    assert_eq!(on_b.add_kernel_params(&more).unwrap(), ["appliance-b+3.conf"]);
+    assert!(
+        !fs::read_to_string(entries.join("appliance-a.conf"))
+            .unwrap()
+            .contains("pcie_aspm")
+    );
+    assert!(
+        fs::read_to_string(entries.join("appliance-b+3.conf"))
+            .unwrap()
+            .contains(" nowatchdog pcie_aspm=off\n")
+    );
+}
