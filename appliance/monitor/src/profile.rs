@@ -396,10 +396,9 @@ mod tests {
 
     #[test]
     fn boot_settings_are_checked_when_the_profile_loads() {
-        let dir = std::env::temp_dir().join(format!("hw-boot-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let load = |boot: &str| {
-            let path = dir.join("x.toml");
+            let path = dir.path().join("x.toml");
             fs::write(&path, format!("name = \"x\"\ndescription = \"d\"\n[boot]\n{boot}\n")).unwrap();
             load_file(&path).map_err(|e| e.to_string())
         };
@@ -453,7 +452,6 @@ mod tests {
             "modules = [\"nct6775\", \"it87-x\"]\nkernel_params = [\"pcie-aspm=off\", \"mitigations=auto,nosmt\", \"intel_idle.max_cstate=1\", \"nct6775.force_id=0xd420\", \"it87_x.ignore=1\"]",
         );
         assert!(allowed.is_ok(), "{allowed:?}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -482,7 +482,8 @@ fn module_loaded(cfg: &Config, name: &str) -> bool {
         .any(|m| m.replace('-', "_") == name)
 }
 
-fn kernel_cmdline(cfg: &Config) -> String {
+/// The command line this kernel was started with.
+fn running_cmdline(cfg: &Config) -> String {
     std::fs::read_to_string(cfg.monitor.procfs_root.join("cmdline")).unwrap_or_default()
 }
 
@@ -507,7 +508,7 @@ fn hw_boot(cfg: &Config) -> anyhow::Result<()> {
     }
     let params = &p.boot.kernel_params;
     if !params.is_empty() {
-        let missing = profile::missing_params(params, &kernel_cmdline(cfg));
+        let missing = profile::missing_params(params, &running_cmdline(cfg));
         match os_update::system(cfg)? {
             Some(sys) => {
                 let changed = os_update::installer(cfg, &sys)?.add_kernel_params(params)?;
@@ -570,7 +571,7 @@ fn hw_detect(cfg: &Config) -> anyhow::Result<()> {
         };
         println!("module    {m}: {state}");
     }
-    let cmdline = kernel_cmdline(cfg);
+    let cmdline = running_cmdline(cfg);
     let missing = profile::missing_params(&p.boot.kernel_params, &cmdline);
     for k in &p.boot.kernel_params {
         let state = if missing.contains(&k.as_str()) {

@@ -917,15 +917,18 @@ mod tests {
     #[test]
     fn hardware_params_join_the_options_line_once() {
         let params = vec!["nowatchdog".to_string(), "acpi_enforce_resources=lax".to_string()];
-        let t = entry_text(
-            "lab",
-            &"1.2.3".parse().unwrap(),
-            Slot::A,
-            1,
-            &"ab".repeat(32),
-            8192,
-            &params,
-        );
+        let slot_a = |extra: &[String]| {
+            entry_text(
+                "lab",
+                &"1.2.3".parse().unwrap(),
+                Slot::A,
+                1,
+                &"ab".repeat(32),
+                8192,
+                extra,
+            )
+        };
+        let t = slot_a(&params);
         let options = t.lines().find(|l| l.starts_with("options ")).unwrap();
         assert!(
             options.ends_with(" panic=10 nowatchdog acpi_enforce_resources=lax"),
@@ -933,15 +936,7 @@ mod tests {
         );
         // Written already: nothing to do.
         assert_eq!(with_params(&t, &params), None);
-        let bare = entry_text(
-            "lab",
-            &"1.2.3".parse().unwrap(),
-            Slot::A,
-            1,
-            &"ab".repeat(32),
-            8192,
-            &[],
-        );
+        let bare = slot_a(&[]);
         assert_eq!(with_params(&bare, &params).as_deref(), Some(t.as_str()));
         // One of two present: only the other is added; other lines untouched.
         let half = bare.replace("panic=10", "panic=10 nowatchdog");
