@@ -17,5 +17,6 @@ pub mod os_update;
 pub mod outbox;
 pub mod reports;
 pub mod run;
+pub mod ssh;
 pub mod state;
 pub mod update;
