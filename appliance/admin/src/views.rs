@@ -766,15 +766,38 @@ struct Settings<'a> {
     fingerprint: String,
     expires: String,
     generated: bool,
+    ssh: &'a appliance_api::SshView,
+    /// (fingerprint, type, comment, added by, added when)
+    ssh_keys: Vec<(String, String, String, String, String)>,
     msg: Option<&'a str>,
 }
 
-pub fn settings(s: &Session, st: &Status, cert: &crate::CertificateView, msg: Option<&str>) -> String {
+pub fn settings(
+    s: &Session,
+    st: &Status,
+    cert: &crate::CertificateView,
+    ssh: &appliance_api::SshView,
+    msg: Option<&str>,
+) -> String {
     render(Settings {
         nav: nav(s, st, "/settings"),
         fingerprint: cert.fingerprint_sha256.clone(),
         expires: datetime(cert.not_after as f64),
         generated: cert.generated,
+        ssh,
+        ssh_keys: ssh
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.fingerprint.clone(),
+                    k.kind.clone(),
+                    k.comment.clone(),
+                    k.added_by.clone(),
+                    datetime(k.added_at as f64),
+                )
+            })
+            .collect(),
         msg,
     })
 }

@@ -40,6 +40,42 @@ pub trait Backend: Send + Sync + 'static {
     /// Asks the update task to check now, or to check and install now
     /// (outside the window, during meetings). The answer is a sentence.
     fn update_action(&self, action: UpdateAction) -> Result<String, ActionError>;
+    /// SSH for operators: off unless an operator turns it on with a key.
+    fn ssh(&self) -> SshView;
+    /// Adds or removes a key, turns SSH on or off; `by` is the account
+    /// that asked. The answer is a sentence.
+    fn ssh_action(&self, action: SshAction, by: String) -> BoxFuture<'_, Result<String, ActionError>>;
+}
+
+/// SSH as the Settings page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshView {
+    /// This system has an SSH server to turn on (the node image does).
+    pub available: bool,
+    pub enabled: bool,
+    pub keys: Vec<SshKeyView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshKeyView {
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub kind: String,
+    pub comment: String,
+    pub added_by: String,
+    /// Unix seconds.
+    pub added_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SshAction {
+    /// A public key line, as in a `.pub` file.
+    AddKey(String),
+    /// By fingerprint.
+    RemoveKey(String),
+    Enable,
+    Disable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,9 @@ mod contract;
 mod error;
 mod text;
 
-pub use contract::{Backend, BoxFuture, CertificateView, LogLine, LogQuery, ServiceAction, UpdateAction};
+pub use contract::{
+    Backend, BoxFuture, CertificateView, LogLine, LogQuery, ServiceAction, SshAction, SshKeyView, SshView, UpdateAction,
+};
 pub use error::ActionError;
 pub use text::{format_bytes, format_duration, services_table};
 

@@ -40,6 +40,14 @@ impl appliance_api::Backend for Backend {
         crate::update::request(&self.0, action)
     }
 
+    fn ssh(&self) -> appliance_api::SshView {
+        crate::ssh::view(&self.0.state_dir)
+    }
+
+    fn ssh_action(&self, action: appliance_api::SshAction, by: String) -> BoxFuture<'_, Result<String, ActionError>> {
+        Box::pin(async move { crate::ssh::act(&self.0.state_dir, action, &by).await })
+    }
+
     fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>> {
         Box::pin(async move { service_action(&self.0, name, action).await })
     }

@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: HwCommand,
     },
+    /// SSH for operators (turned on and off on the admin page's Settings).
+    Ssh {
+        #[command(subcommand)]
+        command: SshCommand,
+    },
     /// The recipe's services: list them, or restart or reset one.
     Services {
         #[command(subcommand)]
@@ -193,6 +198,15 @@ enum ServicesCommand {
 }
 
 #[derive(Subcommand)]
+enum SshCommand {
+    /// Whether SSH is on, and the keys, by fingerprint.
+    Status,
+    /// The keys sshd may accept for USER (its AuthorizedKeysCommand): none
+    /// while SSH is off, and none for anyone but root.
+    AuthorizedKeys { user: String },
+}
+
+#[derive(Subcommand)]
 enum HwCommand {
     /// Show which hardware profile matches this machine, and why.
     Detect,
@@ -246,6 +260,35 @@ fn main() -> ExitCode {
         Command::Hw {
             command: HwCommand::Boot,
         } => hw_boot(&cfg),
+        Command::Ssh {
+            command: SshCommand::AuthorizedKeys { user },
+        } => {
+            use appliance_supervisor::ssh;
+            ssh::load(&ssh::state_path(&cfg.node.state_dir))
+                .map(|s| print!("{}", s.authorized_keys(&user)))
+                .map_err(Into::into)
+        }
+        Command::Ssh {
+            command: SshCommand::Status,
+        } => {
+            let v = appliance_supervisor::ssh::view(&cfg.node.state_dir);
+            println!(
+                "ssh       {}{}",
+                if v.enabled { "on" } else { "off" },
+                if v.available {
+                    ""
+                } else {
+                    " (no SSH server the node manages here)"
+                }
+            );
+            for k in v.keys {
+                println!(
+                    "key       {} {} {} (added by {})",
+                    k.fingerprint, k.kind, k.comment, k.added_by
+                );
+            }
+            Ok(())
+        }
         Command::Services { command, json } => services(&cfg.control_socket(), command, json),
         Command::Firstboot => firstboot(&cfg),
         Command::Console { once, qr } => console(&cfg, once, qr),

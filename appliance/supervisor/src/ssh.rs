@@ -254,6 +254,103 @@ pub fn save(path: &Path, state: &SshState) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// The unit the switch starts and stops; on the image its drop-in has
+/// `ConditionPathExists=` on the flag file, so it stays off at boot too.
+pub const UNIT: &str = "ssh.service";
+/// Written by the image: sshd asks `appliance ssh authorized-keys`.
+const IMAGE_CONFIG: &str = "/etc/ssh/sshd_config.d/50-appliance.conf";
+
+pub fn state_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("ssh.json")
+}
+
+/// Whether this system has the SSH server the node manages.
+pub fn available() -> bool {
+    Path::new(IMAGE_CONFIG).exists() && Path::new("/usr/sbin/sshd").exists()
+}
+
+pub fn view(state_dir: &Path) -> appliance_api::SshView {
+    let s = load(&state_path(state_dir)).unwrap_or_default();
+    appliance_api::SshView {
+        available: available(),
+        enabled: s.enabled,
+        keys: s
+            .keys
+            .into_iter()
+            .map(|k| appliance_api::SshKeyView {
+                fingerprint: k.fingerprint,
+                kind: k.kind,
+                comment: k.comment,
+                added_by: k.added_by,
+                added_at: k.added_at,
+            })
+            .collect(),
+    }
+}
+
+/// One change at a time: read, change, write under this lock.
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Applies an operator's change to the state, then starts or stops sshd
+/// to match. Returns a sentence that names keys by fingerprint only.
+pub async fn act(
+    state_dir: &Path,
+    action: appliance_api::SshAction,
+    by: &str,
+) -> Result<String, appliance_api::ActionError> {
+    use appliance_api::{ActionError, SshAction};
+    let path = state_path(state_dir);
+    let (msg, enabled) = {
+        let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = load(&path).map_err(|e| ActionError::Failed(format!("reading {}: {e}", path.display())))?;
+        let invalid = |e: SshError| ActionError::Invalid(e.to_string());
+        let msg = match action {
+            SshAction::AddKey(line) => {
+                let k = parse_public_key(&line).map_err(invalid)?;
+                let fp = k.fingerprint.clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                s.add_key(k, by, now).map_err(invalid)?;
+                format!("key {fp} added")
+            }
+            SshAction::RemoveKey(fp) => {
+                s.remove_key(&fp).map_err(|e| ActionError::NotFound(e.to_string()))?;
+                format!("key {fp} removed")
+            }
+            SshAction::Enable => {
+                if !available() {
+                    return Err(ActionError::Unavailable(
+                        "this system has no SSH server the node manages".into(),
+                    ));
+                }
+                s.set_enabled(true).map_err(invalid)?;
+                "SSH is on".to_string()
+            }
+            SshAction::Disable => {
+                s.set_enabled(false).map_err(invalid)?;
+                "SSH is off".to_string()
+            }
+        };
+        save(&path, &s).map_err(|e| ActionError::Failed(format!("writing {}: {e}", path.display())))?;
+        (msg, s.enabled)
+    };
+    if !available() {
+        return Ok(msg);
+    }
+    use appliance_services::systemd::{ServiceManager, Systemd};
+    let sd = Systemd::connect()
+        .await
+        .map_err(|e| ActionError::Unavailable(e.to_string()))?;
+    let res = if enabled {
+        sd.start(UNIT).await
+    } else {
+        sd.stop(UNIT).await
+    };
+    res.map_err(|e| ActionError::Failed(format!("{msg}, but {UNIT} did not follow: {e}")))?;
+    Ok(msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

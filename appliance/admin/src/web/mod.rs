@@ -49,6 +49,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/settings", get(settings_page))
         .route("/settings/password", post(change_password))
         .route("/settings/certificate", post(install_certificate))
+        .route("/settings/ssh", post(ssh_form))
         .route("/support-bundle", get(support_bundle))
         .route("/api/v1/session", get(api_session))
         .route("/api/v1/status", get(api_status))
@@ -82,6 +83,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/settings"),
     ("POST", "/settings/password"),
     ("POST", "/settings/certificate"),
+    ("POST", "/settings/ssh"),
     ("GET", "/support-bundle"),
     ("POST", "/logout"),
     ("GET", "/api/v1/session"),

@@ -236,6 +236,7 @@ pub(super) async fn settings_page(
         &s,
         &st.backend.status(),
         &st.backend.certificate(),
+        &st.backend.ssh(),
         q.get("msg").map(String::as_str),
     ))
     .into_response()
@@ -310,6 +311,51 @@ pub(super) async fn install_certificate(ctx: Ctx, State(st): State<AdminState>, 
     let res = st.backend.install_certificate(f.certificate, f.key);
     let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
     ctx.audit(&st, &s.user, "install certificate", "admin page", &outcome);
+    let msg = match res {
+        Ok(m) => m,
+        Err(e) => e.to_string(),
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("msg", &msg)
+        .finish();
+    Redirect::to(&format!("/settings?{q}")).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct SshForm {
+    csrf: Option<String>,
+    /// add, remove, enable, disable
+    action: String,
+    key: String,
+    fingerprint: String,
+}
+
+pub(super) async fn ssh_form(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<SshForm>) -> Response {
+    use appliance_api::SshAction;
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (action, what, target) = match f.action.as_str() {
+        "add" => (SshAction::AddKey(f.key), "add SSH key", String::new()),
+        "remove" => (
+            SshAction::RemoveKey(f.fingerprint.clone()),
+            "remove SSH key",
+            f.fingerprint,
+        ),
+        "enable" => (SshAction::Enable, "turn SSH on", String::new()),
+        "disable" => (SshAction::Disable, "turn SSH off", String::new()),
+        _ => return refuse(&ctx, &st, StatusCode::BAD_REQUEST, "unknown SSH action"),
+    };
+    let res = st.backend.ssh_action(action, s.user.clone()).await;
+    // The audit names the key by fingerprint (in the answer), never the
+    // key text itself.
+    let outcome = match &res {
+        Ok(m) => format!("ok: {m}"),
+        Err(e) => e.to_string(),
+    };
+    ctx.audit(&st, &s.user, what, &target, &outcome);
     let msg = match res {
         Ok(m) => m,
         Err(e) => e.to_string(),

@@ -90,6 +90,22 @@ impl Backend for Fake {
             generated: true,
         }
     }
+    fn ssh(&self) -> appliance_api::SshView {
+        appliance_api::SshView {
+            available: true,
+            enabled: false,
+            keys: vec![],
+        }
+    }
+    fn ssh_action(&self, action: appliance_api::SshAction, by: String) -> BoxFuture<'_, Result<String, ActionError>> {
+        Box::pin(async move {
+            if action == appliance_api::SshAction::Enable {
+                return Err(ActionError::Invalid("SSH cannot be turned on without a key".into()));
+            }
+            self.actions.lock().unwrap().push(format!("ssh {action:?} by {by}"));
+            Ok("done".into())
+        })
+    }
 }
 
 const OP: &str = "Operator-pass-1234";
@@ -421,4 +437,55 @@ async fn ten_wrong_passwords_lock_the_account() {
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(flag), "{cookie}");
     }
+}
+
+#[tokio::test]
+async fn ssh_changes_are_the_operators_and_audited() {
+    let app = app(true);
+    let (tok, csrf) = login_as(&app, "operator");
+    let post = |body: String| {
+        let app = &app;
+        let tok = tok.clone();
+        async move { send(app, "POST", "/settings/ssh", Some(&tok), &body, &[]).await }
+    };
+    let (_, _, page) = send(&app, "GET", "/settings", Some(&tok), "", &[]).await;
+    assert!(
+        page.contains("SSH is <strong>off</strong>") && page.contains("Turn SSH on"),
+        "{page}"
+    );
+    let (status, headers, _) = post(format!("csrf={csrf}&action=add&key=ssh-ed25519+AAAA+x")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("/settings?msg=done")
+    );
+    let (_, headers, _) = post(format!("csrf={csrf}&action=enable")).await;
+    assert!(
+        headers[header::LOCATION].to_str().unwrap().contains("without+a+key"),
+        "the backend's refusal reaches the page"
+    );
+    assert_eq!(
+        post(format!("csrf={csrf}&action=reboot")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        post("action=disable".into()).await.0,
+        StatusCode::FORBIDDEN,
+        "no CSRF token"
+    );
+    assert_eq!(
+        *app.backend.actions.lock().unwrap(),
+        ["ssh AddKey(\"ssh-ed25519 AAAA x\") by operator"]
+    );
+    let (_, _, audit) = send(&app, "GET", "/api/v1/audit", Some(&tok), "", &[]).await;
+    assert!(
+        audit.contains("add SSH key") && audit.contains("turn SSH on"),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("AAAA"),
+        "the audit log names keys, never carries them: {audit}"
+    );
 }
