@@ -281,32 +281,53 @@ stage2_recipe_units() {
 }
 
 stage2_ssh() {
-    if [[ "$RECIPE_TEST_SSH" != 1 ]]; then
-        return 0
+    # SSH for operators (docs/image.md): sshd asks the supervisor's state
+    # for keys (`appliance ssh authorized-keys`, as user appliance), which
+    # has none while SSH is off; the unit starts at boot only while the
+    # admin page's switch is on. A test image also lets in root with the
+    # test key, and runs sshd always.
+    local keys_file=none condition="ConditionPathExists=/var/lib/appliance/ssh-enabled"
+    if [[ "$RECIPE_TEST_SSH" == 1 ]]; then
+        install -d -m 0700 "$ROOT/root/.ssh"
+        install -m 0600 "$SSH_PUBKEY" "$ROOT/root/.ssh/authorized_keys"
+        keys_file=.ssh/authorized_keys
+        condition=
     fi
-    # The test key opens root: only recipes with image.test_ssh = true get it.
-    install -d -m 0700 "$ROOT/root/.ssh"
-    install -m 0600 "$SSH_PUBKEY" "$ROOT/root/.ssh/authorized_keys"
     mkdir -p "$ROOT/etc/ssh/sshd_config.d"
-    cat >"$ROOT/etc/ssh/sshd_config.d/50-appliance-test.conf" <<'CONF'
-# Written by image/build for a test image (image.test_ssh = true): root by
-# key only, the key in image-cache/test-ssh/. Each box makes its own host
-# key at first boot, on the data partition (the root is read-only and the
-# same on every box).
+    cat >"$ROOT/etc/ssh/sshd_config.d/50-appliance.conf" <<CONF
+# Written by image/build. Root by key only; the keys are the ones an
+# operator added on the admin page, and none while SSH is turned off
+# there. No forwarding. Each box makes its own host key at first start, on
+# the data partition (the root is read-only and the same on every box).
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
+AuthorizedKeysFile $keys_file
+AuthorizedKeysCommand /usr/bin/appliance --config /etc/appliance/appliance.toml ssh authorized-keys %u
+AuthorizedKeysCommandUser appliance
+AllowTcpForwarding no
+AllowAgentForwarding no
+X11Forwarding no
+PermitTunnel no
 HostKey /var/lib/ssh/ssh_host_ed25519_key
 CONF
     rm -f "$ROOT"/etc/ssh/ssh_host_*
     mkdir -p "$ROOT/etc/systemd/system/ssh.service.d"
-    cat >"$ROOT/etc/systemd/system/ssh.service.d/50-appliance-hostkey.conf" <<'CONF'
-# Written by image/build: the host key is made on the box, once.
+    cat >"$ROOT/etc/systemd/system/ssh.service.d/50-appliance.conf" <<CONF
+# Written by image/build: off unless an operator turned SSH on (the
+# supervisor keeps the flag); the host key is made on the box, once.
+[Unit]
+$condition
 [Service]
 ExecStartPre=
 ExecStartPre=/bin/sh -c 'test -s /var/lib/ssh/ssh_host_ed25519_key || { mkdir -p -m 0700 /var/lib/ssh && ssh-keygen -q -t ed25519 -N "" -f /var/lib/ssh/ssh_host_ed25519_key; }'
 ExecStartPre=/usr/sbin/sshd -t
+# The firewall opens port 22 only while sshd runs.
+ExecStartPost=/usr/sbin/nft add element inet appliance ssh { 22 }
+ExecStopPost=-/usr/sbin/nft delete element inet appliance ssh { 22 }
 CONF
+    # Debian's package may also ship socket activation: one way in only.
+    rm -f "$ROOT/etc/systemd/system/sockets.target.wants/ssh.socket"
     enable_units ssh.service
 }
 
