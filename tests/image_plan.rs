@@ -204,6 +204,9 @@ fn the_firewall_opens_exactly_the_declared_ports() {
     );
     assert_eq!(rules.matches("dport {").count(), 2, "{rules}");
     // SSH's port only through the set sshd's unit fills while it runs.
-    assert!(rules.contains("set ssh {") && rules.contains("tcp dport @ssh accept"), "{rules}");
+    assert!(
+        rules.contains("set ssh {") && rules.contains("tcp dport @ssh accept"),
+        "{rules}"
+    );
     assert!(rules.contains("type filter hook forward priority filter; policy drop;"));
 }

@@ -610,6 +610,7 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
     assert!(lines.as_array().unwrap().iter().all(|l| l["unit"] == "nginx.service"));
     let screen = vm.run("appliance console --once");
     assert!(screen.contains("Setup        done") && !screen.contains(&setup_code));
+    operator_ssh(&vm, addr, &cookie);
 
     // Global ops, on the host (10.0.2.2 from the VM), serving the update
     // repository the image trusts; the node enrolls with it.
@@ -627,6 +628,103 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
     drop(vm);
     usb_installer(&image, &key);
     eprintln!("VM: whole scenario in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// SSH for operators, from the admin page: a key added and SSH turned on
+/// lets that key in (as root, no forwarding), audited; turned off, sshd
+/// stops and its port closes; turned on again, it is back. (The test image
+/// also lets in root with the test key, which is how this test talks to
+/// the VM.)
+fn operator_ssh(vm: &Vm, addr: std::net::SocketAddr, cookie: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("operator");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "operator@city"])
+        .arg("-f")
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let session = tls::https_request(addr, "GET", "/api/v1/session", None, &[("Cookie", cookie)], "").unwrap();
+    let csrf = serde_json::from_str::<Value>(&session.body).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let post = |form: &str| {
+        let body = format!("csrf={csrf}&{form}");
+        let r = tls::https_request(
+            addr,
+            "POST",
+            "/settings/ssh",
+            None,
+            &[
+                ("Cookie", cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            &body,
+        )
+        .unwrap();
+        assert_eq!(r.status, 303, "{form}: {}", r.body);
+        r.header("location").unwrap_or_default().to_string()
+    };
+    let as_operator = |cmd: &str| {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args(["-p", &vm.ssh_port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes"])
+            .args(["-o", "IdentitiesOnly=yes", "root@127.0.0.1", cmd])
+            .output()
+            .unwrap()
+    };
+    // Before: the operator's key is not let in.
+    assert!(!as_operator("true").status.success());
+    let encoded: String = public
+        .trim()
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let to = post(&format!("action=add&key={encoded}"));
+    assert!(to.contains("added"), "{to}");
+    // Added, but SSH is still off for operators' keys.
+    assert_eq!(vm.run("appliance ssh authorized-keys root"), "");
+    let to = post("action=enable");
+    assert!(to.contains("SSH+is+on") || to.contains("SSH%20is%20on"), "{to}");
+    let out = as_operator("id -u");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let keys = vm.run("appliance ssh authorized-keys root");
+    assert!(keys.starts_with("restrict,pty ssh-ed25519 "), "{keys}");
+    assert_eq!(vm.run("appliance ssh authorized-keys appliance"), "", "root only");
+    let r = tls::https_request(addr, "GET", "/api/v1/audit", None, &[("Cookie", cookie)], "").unwrap();
+    assert!(
+        r.body.contains("add SSH key") && r.body.contains("turn SSH on"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("AAAA"), "the audit names keys by fingerprint only");
+    // Off: sshd stops, so nobody gets in (the test key neither).
+    post("action=disable");
+    wait_for("sshd to stop", T, || match as_operator("true").status.success() {
+        false => Ok(()),
+        true => Err("still let in".into()),
+    });
+    assert_ne!(vm.sh("true").0, 0, "sshd is down");
+    // On again from the admin page: back.
+    post("action=enable");
+    wait_for("sshd back", T, || match vm.sh("true") {
+        (0, _) => Ok(()),
+        (c, o) => Err(format!("{c} {o}")),
+    });
+    assert!(as_operator("true").status.success());
 }
 
 /// What the hardened image promises, checked on the running VM: a
