@@ -299,10 +299,12 @@ pub async fn act(
     by: &str,
 ) -> Result<String, appliance_api::ActionError> {
     use appliance_api::{ActionError, SshAction};
+    let enabling = action == SshAction::Enable;
     let path = state_path(state_dir);
-    let (msg, enabled) = {
+    let (msg, was, enabled) = {
         let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut s = load(&path).map_err(|e| ActionError::Failed(format!("reading {}: {e}", path.display())))?;
+        let was = s.enabled;
         let invalid = |e: SshError| ActionError::Invalid(e.to_string());
         let msg = match action {
             SshAction::AddKey(line) => {
@@ -333,9 +335,12 @@ pub async fn act(
             }
         };
         save(&path, &s).map_err(|e| ActionError::Failed(format!("writing {}: {e}", path.display())))?;
-        (msg, s.enabled)
+        (msg, was, s.enabled)
     };
-    if !available() {
+    // sshd follows the switch only when it moved: adding or removing a key
+    // acts through AuthorizedKeysCommand at the next login. (Turning it on
+    // while on starts it again, should it have died.)
+    if !available() || (enabled == was && !enabling) {
         return Ok(msg);
     }
     use appliance_services::systemd::{ServiceManager, Systemd};
