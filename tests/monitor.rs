@@ -86,7 +86,8 @@ fn intel_box_exact_values() {
         ("appliance_network_up{device=\"eno12399np0\"}", 1.0),
         ("appliance_network_up{device=\"eno12409np1\"}", 0.0),
         ("appliance_network_speed_bytes{device=\"eno12399np0\"}", 1.25e9),
-        ("appliance_health_status", 0.0),
+        // Not enrolled with ops: yellow (the light's own table test covers green).
+        ("appliance_health_status", 1.0),
     ];
     for (series, want) in exact {
         assert_eq!(metric(&m, series), Some(want), "{series}\n{m}");
@@ -153,8 +154,7 @@ fn intel_box_exact_values() {
         "sys_vendor=\"Dell Inc.\" matches \"Dell Inc.\", product_name=\"PowerEdge R650\" matches \"PowerEdge R650\""
     );
     assert_eq!(st["hardware"]["uplink"], "eno12399np0");
-    assert_eq!(st["health"]["status"], "ok");
-    assert_eq!(st["alerts"], Value::Array(vec![]));
+    assert_only_unenrolled(&st);
     let pkg = sensor(&st, "coretemp/Package id 0").expect("package sensor");
     assert_eq!(
         (pkg["celsius"].as_f64(), pkg["warn"].as_f64(), pkg["critical"].as_f64()),
@@ -216,7 +216,7 @@ fn amd_box_names_duplicate_chips_and_skips_virtual_uplinks() {
     );
     let st = s.status_json();
     assert_eq!(st["hardware"]["uplink"], "ens1f0np0");
-    assert_eq!(st["health"]["status"], "ok");
+    assert_only_unenrolled(&st);
     // Tctl has no driver limits; the profile supplies them.
     let tctl = sensor(&st, "k10temp/Tctl").unwrap();
     assert_eq!(
@@ -243,14 +243,30 @@ fn box_without_sensors() {
     );
     let st = s.status_json();
     assert_eq!(st["sensors"], Value::Array(vec![]));
-    assert_eq!(st["health"]["status"], "ok");
-    assert_eq!(st["health"]["summary"], "ok");
+    assert_only_unenrolled(&st);
     let text = String::from_utf8(s.cli(&["status"]).stdout).unwrap();
     assert!(text.contains("sensors   none found"), "{text}");
 }
 
 /// Severity of the package temperature alert, and the value the supervisor
 /// last read, from one status document (both come from the same sample).
+/// These nodes are never enrolled: the light is yellow for that, and for
+/// nothing else.
+fn assert_only_unenrolled(st: &Value) {
+    assert_eq!(st["health"]["status"], "warning", "{st}");
+    assert_eq!(
+        st["health"]["reasons"],
+        serde_json::json!(["not enrolled with global ops: usage is not reported and updates are not announced"])
+    );
+    let ids: Vec<&str> = st["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["enrollment"]);
+}
+
 fn package_alert(s: &Supervisor) -> (String, f64) {
     let st = s.status_json();
     let celsius = sensor(&st, "coretemp/Package id 0")
@@ -309,8 +325,12 @@ fn temperature_alert_warns_then_critical_then_back_with_hysteresis() {
     let st = s.status_json();
     assert_eq!(st["health"]["status"], "warning");
     assert_eq!(
-        st["alerts"][0]["reason"],
-        "coretemp/Package id 0 temperature is 87.0 °C, above the warning threshold of 85.0 °C"
+        st["health"]["reasons"],
+        serde_json::json!([
+            "not enrolled with global ops: usage is not reported and updates are not announced",
+            "coretemp/Package id 0 temperature is 87.0 °C, above the warning threshold of 85.0 °C"
+        ]),
+        "equal severity: sorted by alert id"
     );
     assert_eq!(metric(&s.metrics(), "appliance_health_status"), Some(1.0));
 
@@ -340,8 +360,12 @@ fn temperature_alert_warns_then_critical_then_back_with_hysteresis() {
     assert_eq!(set_package(&b, &s, 81.0), "warning", "81 > 85 - 5");
     assert_eq!(set_package(&b, &s, 79.0), "ok", "below 80: clear");
     let st = s.status_json();
-    assert_eq!(st["health"]["status"], "ok");
-    assert_eq!(metric(&s.metrics(), "appliance_health_status"), Some(0.0));
+    assert_only_unenrolled(&st);
+    assert_eq!(
+        metric(&s.metrics(), "appliance_health_status"),
+        Some(1.0),
+        "the node is not enrolled: yellow, not green"
+    );
     let log = s.log_text();
     assert!(log.contains("alert temperature:coretemp/Package id 0: coretemp/Package id 0 temperature is 96.0 °C, above the critical threshold"), "{log}");
     assert!(log.contains("alert temperature:coretemp/Package id 0 cleared"), "{log}");
@@ -506,7 +530,9 @@ fn notifies_systemd_ready_status_and_watchdog() {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             seen.push('\n');
         }
-        let ok = seen.contains("READY=1") && seen.contains("STATUS=ok") && seen.matches("WATCHDOG=1").count() >= 2;
+        let ok = seen.contains("READY=1")
+            && seen.contains("STATUS=warning: not enrolled with global ops")
+            && seen.matches("WATCHDOG=1").count() >= 2;
         if ok { Ok(()) } else { Err(seen.clone()) }
     });
     drop(s);

@@ -10,6 +10,7 @@ pub use appliance_services::runtime::{CheckView, ServiceView, ServicesStatus};
 
 mod contract;
 mod error;
+pub mod light;
 mod text;
 
 pub use contract::{
@@ -43,6 +44,9 @@ pub struct Status {
     /// Signed updates; `None` while `[update] root` is unset.
     #[serde(default)]
     pub update: Option<UpdateView>,
+    /// The admin page's certificate; `None` where the caller does not know it.
+    #[serde(default)]
+    pub certificate: Option<CertificateView>,
 }
 
 /// Updates of the supervisor, as the Updates page, `appliance status`,

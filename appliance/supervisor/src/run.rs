@@ -107,7 +107,8 @@ pub fn run(cfg: Config) -> Result<()> {
         stall_after: cfg.monitor.interval * 5 + Duration::from_secs(10),
         services: std::sync::Mutex::new(None),
         service_commands: cfg.recipe.is_some().then_some(command_tx),
-        bbb: std::sync::Mutex::new(None),
+        // Configured but not asked yet: the light says so until the first poll.
+        bbb: std::sync::Mutex::new(cfg.bbb.is_some().then(appliance_api::BbbStatus::default)),
         config_path: cfg.path.clone(),
         state_dir: state_dir.clone(),
         cert: std::sync::Mutex::new(cert),
@@ -329,7 +330,7 @@ async fn serve(
     tokio::spawn(watchdog(shared.clone()));
 
     log::info!("admin page on https://{addr}/ ; control socket ready");
-    let summary = lock(&shared.live).health.summary.clone();
+    let summary = shared.status().health.summary;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&summary)]);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -427,7 +428,6 @@ impl Sampler {
         self.alerts
             .evaluate(&snap, &self.shared.id.profile, &self.cfg.alerts, mono);
         let active = self.alerts.active();
-        let health = self.alerts.health();
 
         let now_alerts: BTreeMap<String, Severity> = active.iter().map(|a| (a.id.clone(), a.severity)).collect();
         for a in &active {
@@ -444,17 +444,24 @@ impl Sampler {
         self.last_alerts = now_alerts;
         self.log_problems(&snap);
         record_history(&mut lock(&self.shared.history), &snap);
-        // systemd's STATUS= carries the whole node's health, services too.
-        let mut all = active.clone();
-        let services = lock(&self.shared.services).as_ref().map(|sv| {
-            all.extend(sv.alerts.iter().cloned());
+        let snap = Arc::new(snap);
+        {
+            let mut live = lock(&self.shared.live);
+            live.snapshot = Some(snap.clone());
+            live.alerts = active;
+            live.last_tick = Some(Instant::now());
+        }
+        // systemd's STATUS= and the reports carry the whole node's light,
+        // the same one the admin page shows.
+        let status = self.shared.status();
+        let summary = status.health.summary.clone();
+        let services = status.services.as_ref().map(|sv| {
             format!(
                 "{} of {} services up",
                 sv.services.iter().filter(|x| x.up).count(),
                 sv.services.len()
             )
         });
-        let summary = appliance_monitor::health::summarize(&all).summary;
         // The OS state changes under the supervisor (boot-check, the root
         // update unit, wait-healthy): read again every ten samples.
         self.samples += 1;
@@ -508,11 +515,6 @@ impl Sampler {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
             self.last_summary = summary;
         }
-        let mut live = lock(&self.shared.live);
-        live.snapshot = Some(Arc::new(snap));
-        live.health = health;
-        live.alerts = active;
-        live.last_tick = Some(Instant::now());
     }
 
     /// Logs each unreadable or implausible file once, not every second.
@@ -627,7 +629,7 @@ fn save_history(path: &Path, h: &History) -> Result<()> {
     Ok(())
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

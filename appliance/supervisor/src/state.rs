@@ -32,7 +32,6 @@ pub struct Identity {
 #[derive(Debug, Default)]
 pub struct Live {
     pub snapshot: Option<Arc<Snapshot>>,
-    pub health: Health,
     pub alerts: Vec<Alert>,
     /// When the sampler last finished a round.
     pub last_tick: Option<Instant>,
@@ -126,8 +125,6 @@ impl Shared {
             write_error: rs.write_error,
             state_error: rs.state_error,
         });
-        alerts.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
-        let health = appliance_monitor::health::summarize(&alerts);
         let sensors = snapshot
             .as_deref()
             .map(|s| sensors(&self.id.profile, s, &alerts))
@@ -136,7 +133,15 @@ impl Shared {
             appliance_monitor::collector::pick_uplink(&self.id.profile.uplink.interface, &s.network)
                 .map(|i| i.name.clone())
         });
-        Status {
+        let certificate = {
+            let c = lock(&self.cert);
+            appliance_api::CertificateView {
+                fingerprint_sha256: c.fingerprint_sha256.clone(),
+                not_after: c.not_after,
+                generated: c.generated,
+            }
+        };
+        let mut st = Status {
             node: Node {
                 name: self.id.node.clone(),
                 version: self.id.version.clone(),
@@ -149,7 +154,7 @@ impl Shared {
                 reason: self.id.detection.reason.clone(),
                 uplink,
             },
-            health,
+            health: Health::default(),
             alerts,
             sensors,
             monitor: snapshot.map(|s| (*s).clone()),
@@ -158,7 +163,10 @@ impl Shared {
             enrollment,
             reports,
             update: lock(&self.update).clone(),
-        }
+            certificate: Some(certificate),
+        };
+        appliance_api::light::apply(&mut st, crate::run::unix_now());
+        st
     }
 }
 

@@ -45,6 +45,7 @@ impl Backend for Fake {
             enrollment: None,
             reports: None,
             update: None,
+            certificate: None,
         }
     }
     fn series(&self) -> Vec<String> {
