@@ -176,6 +176,29 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The minimum strength of a password: long enough, not one character
 /// repeated, not a well-known one, and mixed unless long.
+/// Words a password may not contain: the first things anyone tries.
+pub const FORBIDDEN_WORDS: [&str; 8] = [
+    "password",
+    "passwort",
+    "123456",
+    "qwerty",
+    "appliance",
+    "bigbluebutton",
+    "letmein",
+    "admin",
+];
+
+/// Every rule [`check_strength`] enforces, in one sentence for the forms.
+pub fn password_rules() -> String {
+    let words: Vec<String> = FORBIDDEN_WORDS.iter().map(|w| format!("\"{w}\"")).collect();
+    format!(
+        "Passwords need 12 to 256 characters and three of: lower case, upper case, digits, symbols \
+         (or 16 characters of anything); not one character repeated; not containing {} (in any case); \
+         and the viewer's must differ from the operator's.",
+        words.join(", ")
+    )
+}
+
 pub fn check_strength(pw: &str, account: &str) -> Result<(), String> {
     let n = pw.chars().count();
     if n < 12 {
@@ -189,16 +212,7 @@ pub fn check_strength(pw: &str, account: &str) -> Result<(), String> {
         return Err(format!("the {account} password must not be one character repeated"));
     }
     let lower = pw.to_lowercase();
-    for bad in [
-        "password",
-        "passwort",
-        "123456",
-        "qwerty",
-        "appliance",
-        "bigbluebutton",
-        "letmein",
-        "admin",
-    ] {
+    for bad in FORBIDDEN_WORDS {
         if lower.contains(bad) {
             return Err(format!("the {account} password must not contain \"{bad}\""));
         }
@@ -459,6 +473,34 @@ impl Auth {
     /// returns its cookie token. A right password is still refused if the
     /// account was locked while it was being checked.
     pub fn finish_login(&mut self, user: &str, ip: IpAddr, ok: bool, now: f64) -> Result<(String, Session), AuthError> {
+        let role = self.settle(user, ip, ok, now)?;
+        let token = hex(&random_bytes::<32>());
+        let session = Session {
+            user: user.to_string(),
+            role,
+            csrf: hex(&random_bytes::<32>()),
+        };
+        self.sessions.insert(
+            token_key(&token),
+            SessionState {
+                session: session.clone(),
+                created: now,
+                last_seen: now,
+            },
+        );
+        Ok((token, session))
+    }
+
+    /// After checking a password that is not a login (the current one,
+    /// before a change): the same counting and lockout, no session. So an
+    /// unattended session cannot be used to guess the password either.
+    pub fn finish_check(&mut self, user: &str, ip: IpAddr, ok: bool, now: f64) -> Result<(), AuthError> {
+        self.settle(user, ip, ok, now).map(|_| ())
+    }
+
+    /// Records a checked attempt: a success clears the account's failures,
+    /// a failure counts toward the address's and the account's limits.
+    fn settle(&mut self, user: &str, ip: IpAddr, ok: bool, now: f64) -> Result<Role, AuthError> {
         self.release(user, ip);
         let role = self.users.iter().find(|u| u.name == user).map(|u| u.role);
         let locked = self
@@ -472,21 +514,7 @@ impl Auth {
                 if let Some(f) = self.failures.get_mut(user) {
                     f.count = 0;
                 }
-                let token = hex(&random_bytes::<32>());
-                let session = Session {
-                    user: user.to_string(),
-                    role,
-                    csrf: hex(&random_bytes::<32>()),
-                };
-                self.sessions.insert(
-                    token_key(&token),
-                    SessionState {
-                        session: session.clone(),
-                        created: now,
-                        last_seen: now,
-                    },
-                );
-                Ok((token, session))
+                Ok(role)
             }
             _ => {
                 let a = self.ip_failures.entry(ip).or_insert(AddressFailures {

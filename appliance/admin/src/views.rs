@@ -46,7 +46,8 @@ fn nav(s: &Session, st: &Status, active: &str) -> Nav {
         node: st.node.name.clone(),
         version: st.node.version.clone(),
         user: s.user.clone(),
-        role: s.role.as_str(),
+        // "operator (operator)" says nothing twice.
+        role: if s.user == s.role.as_str() { "" } else { s.role.as_str() },
         operator: s.role == Role::Operator,
         csrf: s.csrf.clone(),
         health: st.health.status.as_str(),
@@ -92,10 +93,17 @@ pub fn login(error: Option<&str>, note: Option<&str>) -> String {
 #[template(path = "setup.html")]
 struct Setup<'a> {
     error: Option<&'a str>,
+    code: &'a str,
+    rules: String,
 }
 
-pub fn setup(error: Option<&str>) -> String {
-    render(Setup { error })
+/// `code`: what was typed last time, kept after an error.
+pub fn setup(error: Option<&str>, code: &str) -> String {
+    render(Setup {
+        error,
+        code,
+        rules: crate::auth::password_rules(),
+    })
 }
 
 pub struct Figure {
@@ -638,9 +646,11 @@ struct Enrollment<'a> {
     reports: String,
     enrolled: bool,
     msg: Option<&'a str>,
+    /// The ops URL typed last time, kept after an error (the token is not).
+    ops: &'a str,
 }
 
-pub fn enrollment(s: &Session, st: &Status, msg: Option<&str>) -> String {
+pub fn enrollment(s: &Session, st: &Status, msg: Option<&str>, ops: &str) -> String {
     let (state, enrolled) = match &st.enrollment {
         Some(e) => (
             format!(
@@ -685,6 +695,7 @@ pub fn enrollment(s: &Session, st: &Status, msg: Option<&str>) -> String {
         reports,
         enrolled,
         msg,
+        ops,
     })
 }
 
@@ -770,6 +781,7 @@ struct Settings<'a> {
     /// (fingerprint, type, comment, added by, added when)
     ssh_keys: Vec<(String, String, String, String, String)>,
     msg: Option<&'a str>,
+    rules: String,
 }
 
 pub fn settings(
@@ -799,6 +811,7 @@ pub fn settings(
             })
             .collect(),
         msg,
+        rules: crate::auth::password_rules(),
     })
 }
 

@@ -49,6 +49,35 @@ impl Attempt {
         self.finished = true;
         crate::state_lock(&self.auth).finish_login(&self.user, self.ip, ok, now())
     }
+
+    fn finish_check(mut self, ok: bool) -> Result<(), AuthError> {
+        self.finished = true;
+        crate::state_lock(&self.auth).finish_check(&self.user, self.ip, ok, now())
+    }
+}
+
+/// Checks a logged-in user's current password (before a change) under the
+/// login limits: wrong guesses count toward the lockout like failed logins.
+pub(super) async fn confirm_password(st: &AdminState, user: &str, ip: IpAddr, pw: String) -> Result<(), String> {
+    let hash = crate::state_lock(&st.auth)
+        .begin_login(user, ip, now())
+        .map_err(|e| e.to_string())?;
+    let attempt = Attempt {
+        auth: st.auth.clone(),
+        user: user.to_string(),
+        ip,
+        finished: false,
+    };
+    let ok = st
+        .hasher
+        .run(move || hash.as_deref().is_some_and(|h| auth::verify_password(&pw, h)))
+        .await
+        .map_err(|e| e.to_string())?;
+    match attempt.finish_check(ok) {
+        Ok(()) => Ok(()),
+        Err(AuthError::BadCredentials) => Err("the current password is not right".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Drop for Attempt {
@@ -134,11 +163,12 @@ pub(super) async fn setup_page(State(st): State<AdminState>) -> Response {
     if !crate::state_lock(&st.auth).setup_pending() {
         return Redirect::to("/login").into_response();
     }
-    Html(views::setup(None)).into_response()
+    Html(views::setup(None, "")).into_response()
 }
 
 pub(super) async fn setup(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<SetupForm>) -> Response {
-    let fail = |msg: &str, status: StatusCode| (status, Html(views::setup(Some(msg)))).into_response();
+    // The code is typed back in for another try; the passwords never are.
+    let fail = |msg: &str, status: StatusCode| (status, Html(views::setup(Some(msg), &f.code))).into_response();
     if f.operator != f.operator2 || f.viewer != f.viewer2 {
         return fail("the two copies of a password differ", StatusCode::BAD_REQUEST);
     }
@@ -161,7 +191,7 @@ pub(super) async fn setup(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<
     let done = match hashes {
         Ok(Ok((a, b))) => crate::state_lock(&st.auth).finish_setup(a, b),
         Ok(Err(e)) => Err(e),
-        Err(e) => return busy(views::setup(Some(&e.to_string()))),
+        Err(e) => return busy(views::setup(Some(&e.to_string()), &f.code)),
     };
     match done {
         Ok(()) => {

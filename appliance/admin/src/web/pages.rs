@@ -184,6 +184,7 @@ pub(super) async fn enrollment_page(
         &s,
         &st.backend.status(),
         q.get("msg").map(String::as_str),
+        q.get("ops").map(String::as_str).unwrap_or(""),
     ))
     .into_response()
 }
@@ -205,14 +206,17 @@ pub(super) async fn enroll(ctx: Ctx, State(st): State<AdminState>, Form(f): Form
     let outcome = res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
     // The token is a secret: only the ops URL goes into the audit log.
     ctx.audit(&st, &s.user, "enroll", &f.ops, &outcome);
-    let msg = match res {
-        Ok(m) => m,
-        Err(e) => e.to_string(),
-    };
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("msg", &msg)
-        .finish();
-    Redirect::to(&format!("/enrollment?{q}")).into_response()
+    match res {
+        // The page's state line says where it is enrolled; once is enough.
+        Ok(_) => Redirect::to("/enrollment").into_response(),
+        Err(e) => {
+            let q: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("msg", &e.to_string())
+                .append_pair("ops", &f.ops)
+                .finish();
+            Redirect::to(&format!("/enrollment?{q}")).into_response()
+        }
+    }
 }
 
 pub(super) async fn audit_page(ctx: Ctx, State(st): State<AdminState>) -> Response {
@@ -247,6 +251,9 @@ pub(super) async fn settings_page(
 pub(super) struct PasswordForm {
     csrf: Option<String>,
     account: String,
+    /// The password of the operator asking: an unattended session is not
+    /// enough to change one.
+    current: String,
     password: String,
     password2: String,
 }
@@ -264,6 +271,10 @@ pub(super) async fn change_password(ctx: Ctx, State(st): State<AdminState>, Form
     };
     if f.account != "operator" && f.account != "viewer" {
         return back("choose the operator or the viewer account");
+    }
+    if let Err(e) = super::access::confirm_password(&st, &s.user, ctx.ip, f.current).await {
+        ctx.audit(&st, &s.user, "change password", &f.account, &format!("refused: {e}"));
+        return back(&e);
     }
     if f.password != f.password2 {
         return back("the two copies of the password differ");

@@ -74,6 +74,9 @@ impl Backend for Fake {
     }
     fn enroll(&self, ops: String, _: String) -> BoxFuture<'_, Result<String, ActionError>> {
         Box::pin(async move {
+            if ops.contains("unreachable") {
+                return Err(ActionError::Unavailable(format!("{ops} does not answer")));
+            }
             self.actions.lock().unwrap().push(format!("enroll {ops}"));
             Ok("enrolled".into())
         })
@@ -489,4 +492,155 @@ async fn ssh_changes_are_the_operators_and_audited() {
         !audit.contains("AAAA"),
         "the audit log names keys, never carries them: {audit}"
     );
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn location(h: &HeaderMap) -> String {
+    h.get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Changing a password takes the operator's current one: an unattended
+/// session is not enough, and wrong guesses count like failed logins.
+#[tokio::test]
+async fn a_password_change_needs_the_current_password() {
+    let app = app(true);
+    let (tok, csrf) = login_as(&app, "operator");
+    let change = |current: &'static str| {
+        form(&[
+            ("csrf", &csrf),
+            ("account", "viewer"),
+            ("current", current),
+            ("password", "Another-pass-123"),
+            ("password2", "Another-pass-123"),
+        ])
+    };
+    for current in ["", "wrong-Operator-pass-1234", VIEW] {
+        let (status, h, _) = send(&app, "POST", "/settings/password", Some(&tok), &change(current), &[]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert!(
+            location(&h).contains("current+password+is+not+right"),
+            "{current:?}: {}",
+            location(&h)
+        );
+    }
+    // The viewer's password is unchanged: its old one still logs in.
+    let ip = IpAddr::from([127, 0, 0, 2]);
+    let hash = app
+        .auth
+        .lock()
+        .unwrap()
+        .begin_login("viewer", ip, now())
+        .unwrap()
+        .unwrap();
+    assert!(auth::verify_password(VIEW, &hash));
+    app.auth.lock().unwrap().abandon_login("viewer", ip);
+    let (_, _, page) = send(&app, "GET", "/audit", Some(&tok), "", &[]).await;
+    assert_eq!(
+        page.matches("refused: the current password is not right").count(),
+        3,
+        "each refusal is audited"
+    );
+    // The failures count toward the operator's lockout (10 in all).
+    for _ in 0..7 {
+        send(
+            &app,
+            "POST",
+            "/settings/password",
+            Some(&tok),
+            &change("nope-nope-nope"),
+            &[],
+        )
+        .await;
+    }
+    let (_, h, _) = send(&app, "POST", "/settings/password", Some(&tok), &change(OP), &[]).await;
+    assert!(location(&h).contains("locked"), "{}", location(&h));
+
+    // A fresh node: the right current password changes it.
+    let app = self::app(true);
+    let (tok, csrf) = login_as(&app, "operator");
+    let body = form(&[
+        ("csrf", &csrf),
+        ("account", "viewer"),
+        ("current", OP),
+        ("password", "Another-pass-123"),
+        ("password2", "Another-pass-123"),
+    ]);
+    let (_, h, _) = send(&app, "POST", "/settings/password", Some(&tok), &body, &[]).await;
+    assert!(location(&h).contains("password+was+changed"), "{}", location(&h));
+    let hash = app
+        .auth
+        .lock()
+        .unwrap()
+        .begin_login("viewer", ip, now())
+        .unwrap()
+        .unwrap();
+    assert!(auth::verify_password("Another-pass-123", &hash));
+}
+
+/// A setup error keeps the code typed (not the passwords) and the page
+/// states every rule the check enforces.
+#[tokio::test]
+async fn a_setup_error_keeps_the_code_and_states_the_rules() {
+    let app = app(false);
+    let code = app.auth.lock().unwrap().setup_code().unwrap().to_string();
+    let body = form(&[
+        ("code", &code),
+        ("operator", "My-password-1234"),
+        ("operator2", "My-password-1234"),
+        ("viewer", VIEW),
+        ("viewer2", VIEW),
+    ]);
+    let (status, _, page) = send(&app, "POST", "/setup", None, &body, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("must not contain &#34;password&#34;"), "{page}");
+    assert!(page.contains(&format!("value=\"{code}\"")), "the code is kept");
+    assert!(
+        !page.contains("My-password-1234") && !page.contains(VIEW),
+        "no password is echoed"
+    );
+    // Every rule check_strength enforces is stated, the refused word too.
+    let rules = auth::password_rules();
+    for w in auth::FORBIDDEN_WORDS {
+        assert!(rules.contains(w), "{w}");
+    }
+    let text = page
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'");
+    assert!(text.contains(&rules), "the rules are on the page");
+    let (_, _, fresh) = send(&app, "GET", "/setup", None, "", &[]).await;
+    assert!(fresh.contains("value=\"\""), "an empty code field at first");
+}
+
+/// An enrollment error keeps the ops URL (not the token); success is said
+/// once, by the page's state line.
+#[tokio::test]
+async fn enrollment_keeps_the_ops_url_and_says_things_once() {
+    let app = app(true);
+    let (tok, csrf) = login_as(&app, "operator");
+    let body = form(&[
+        ("csrf", &csrf),
+        ("ops", "https://unreachable.example:9443"),
+        ("token", "tok-secret"),
+    ]);
+    let (_, h, _) = send(&app, "POST", "/enrollment", Some(&tok), &body, &[]).await;
+    let to = location(&h);
+    assert!(!to.contains("tok-secret"));
+    let (_, _, page) = send(&app, "GET", &to, Some(&tok), "", &[]).await;
+    assert!(page.contains("value=\"https://unreachable.example:9443\""), "{page}");
+    assert!(page.contains("does not answer"));
+    let body = form(&[("csrf", &csrf), ("ops", "https://ops.example:9443"), ("token", "tok")]);
+    let (_, h, _) = send(&app, "POST", "/enrollment", Some(&tok), &body, &[]).await;
+    assert_eq!(location(&h), "/enrollment");
+    // The header names the account once.
+    let (_, _, page) = send(&app, "GET", "/", Some(&tok), "", &[]).await;
+    assert!(page.contains(r#"<span id="who">operator</span>"#), "{page}");
 }
