@@ -42,6 +42,10 @@ fn bad_configs_exit_2_with_one_line_naming_file_and_key() {
             "monitor.intervall: unknown field `intervall`",
         ),
         (
+            "[node]\ntimezone = \"Europe/Amsterdamm\"\n",
+            "node.timezone: \"Europe/Amsterdamm\" is not a known time zone",
+        ),
+        (
             "[monitor]\ninterval = 1\n",
             "monitor.interval: invalid type: integer `1`",
         ),

@@ -197,6 +197,35 @@ impl Browser {
         self.cmd("POST", "/execute/sync", Some(json!({ "script": script, "args": [] })))
     }
 
+    /// Saves what a person sees at a desktop (1280x900) and at a phone
+    /// (390x844, emulated as a mobile device) as `dir/NAME-desktop.png`
+    /// and `dir/NAME-phone.png`. Returns the two paths.
+    pub fn screenshots(&self, dir: &Path, name: &str) -> [PathBuf; 2] {
+        let shot = |w: u32, h: u32, mobile: bool, tag: &str| {
+            self.cmd(
+                "POST",
+                "/goog/cdp/execute",
+                Some(json!({"cmd": "Emulation.setDeviceMetricsOverride",
+                            "params": {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": mobile}})),
+            );
+            let b64 = self.cmd("GET", "/screenshot", None);
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_str().unwrap_or_default())
+                .expect("base64 screenshot");
+            std::fs::create_dir_all(dir).unwrap();
+            let p = dir.join(format!("{name}-{tag}.png"));
+            std::fs::write(&p, png).unwrap();
+            p
+        };
+        let out = [shot(1280, 900, false, "desktop"), shot(390, 844, true, "phone")];
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.clearDeviceMetricsOverride", "params": {}})),
+        );
+        out
+    }
+
     /// Saves a PNG of the viewport (full page height) to `dir/name.png`.
     pub fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
         // Grow the window to the page so the picture shows all of it.

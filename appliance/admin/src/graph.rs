@@ -3,6 +3,9 @@
 
 use std::fmt::Write;
 
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, Zoned};
+
 /// One line of a chart.
 #[derive(Debug, Clone)]
 pub struct Line {
@@ -20,11 +23,98 @@ pub struct Threshold {
     pub kind: &'static str,
 }
 
+/// The time axis: the whole chosen window, not just the span of the
+/// data, in the node's time zone.
+#[derive(Debug, Clone)]
+pub struct Axis {
+    pub from: u64,
+    pub to: u64,
+    pub tz: TimeZone,
+}
+
+impl Axis {
+    /// The window of `secs` seconds ending at `now`.
+    pub fn ending(now: u64, secs: u64, tz: TimeZone) -> Axis {
+        Axis {
+            from: now.saturating_sub(secs),
+            to: now,
+            tz,
+        }
+    }
+
+    fn zoned(&self, t: u64) -> Option<Zoned> {
+        Timestamp::from_second(t as i64)
+            .ok()
+            .map(|ts| ts.to_zoned(self.tz.clone()))
+    }
+
+    /// "14:05", or "Mon 30 14:05" when the window spans days.
+    pub fn time(&self, t: u64) -> String {
+        let fmt = if self.to - self.from > 2 * 86400 {
+            "%a %d %H:%M"
+        } else {
+            "%H:%M"
+        };
+        self.zoned(t).map(|z| z.strftime(fmt).to_string()).unwrap_or_default()
+    }
+
+    /// "Mon 30 Nov 14:05 CET": a moment in a sentence.
+    pub fn moment(&self, t: u64) -> String {
+        self.zoned(t)
+            .map(|z| z.strftime("%a %d %b %H:%M %Z").to_string())
+            .unwrap_or_default()
+    }
+
+    /// The zone's abbreviation now ("CET"), for the axis.
+    pub fn zone(&self) -> String {
+        self.zoned(self.to)
+            .map(|z| z.strftime("%Z").to_string())
+            .unwrap_or_default()
+    }
+
+    /// Tick times at round local times: every 10 minutes for an hour, 3
+    /// hours for a day, local midnights for a week or more.
+    pub fn ticks(&self) -> Vec<(u64, String)> {
+        let span = self.to.saturating_sub(self.from);
+        let (step_min, fmt) = match span {
+            0..=7200 => (10, "%H:%M"),
+            7201..=172_800 => (180, "%H:%M"),
+            172_801..=1_209_600 => (1440, "%a %d"),
+            _ => (5 * 1440, "%d %b"),
+        };
+        let Some(first) = self.zoned(self.from) else {
+            return vec![];
+        };
+        let Ok(day0) = first.start_of_day().map(|z| z.datetime()) else {
+            return vec![];
+        };
+        let mut out: Vec<(u64, String)> = Vec::new();
+        // DST days have 23 or 25 hours: step in local wall-clock time, so
+        // ticks stay on 00:00, 03:00, ... either side of the change.
+        for k in 0..2000i64 {
+            let Ok(local) = day0.checked_add(jiff::Span::new().minutes(k * step_min)) else {
+                break;
+            };
+            let Ok(t) = local.to_zoned(self.tz.clone()) else {
+                break;
+            };
+            let secs = t.timestamp().as_second();
+            if secs > self.to as i64 {
+                break;
+            }
+            if secs >= self.from as i64 && out.last().is_none_or(|l| l.0 != secs as u64) {
+                out.push((secs as u64, t.strftime(fmt).to_string()));
+            }
+        }
+        out
+    }
+}
+
 const W: f64 = 720.0;
-const H: f64 = 200.0;
-const LEFT: f64 = 56.0;
-const RIGHT: f64 = 8.0;
-const TOP: f64 = 8.0;
+const H: f64 = 220.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 36.0;
+const TOP: f64 = 10.0;
 const BOTTOM: f64 = 24.0;
 /// Points per line at most; more are averaged into buckets.
 pub const MAX_POINTS: usize = 360;
@@ -45,7 +135,7 @@ pub fn downsample(points: &[(u64, Option<f32>)], max: usize) -> Vec<(u64, Option
         .collect()
 }
 
-fn fmt_value(v: f64, unit: &str) -> String {
+pub fn fmt_value(v: f64, unit: &str) -> String {
     match unit {
         "%" => format!("{:.0} %", v * 100.0),
         "°C" => format!("{v:.0} °C"),
@@ -55,113 +145,132 @@ fn fmt_value(v: f64, unit: &str) -> String {
     }
 }
 
-fn fmt_time(t: u64, span: u64) -> String {
-    // "2026-11-02T14:30:00Z": the date matters only when the graph spans days.
-    let full = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)).to_string();
-    if span > 2 * 86400 {
-        full[5..16].replace('T', " ")
+/// A round step near `range / 4`: 1, 2, 2.5 or 5 times a power of ten.
+fn nice_step(range: f64) -> f64 {
+    let raw = (range / 4.0).max(f64::MIN_POSITIVE);
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 2.5 {
+        2.5
+    } else if f <= 5.0 {
+        5.0
     } else {
-        format!("{} UTC", &full[11..16])
-    }
+        10.0
+    };
+    nice * mag
 }
 
-/// Renders a chart. `unit` picks value formatting: "%", "°C", "B", "B/s".
-pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold]) -> String {
-    let lines: Vec<Line> = lines
-        .iter()
-        .map(|l| Line {
-            label: l.label.clone(),
-            points: downsample(&l.points, MAX_POINTS),
-        })
-        .collect();
-    let times: Vec<u64> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).collect();
-    let values: Vec<f64> = lines
-        .iter()
-        .flat_map(|l| l.points.iter().filter_map(|p| p.1.map(f64::from)))
-        .collect();
-    let mut out = String::with_capacity(4096);
-    let desc = format!("{title}: {} points", values.len());
-    let _ = write!(out, r#"<figure class="chart"><figcaption>{}</figcaption>"#, esc(title));
-    if values.is_empty() {
-        out.push_str(r#"<p class="empty">No data yet for this period.</p></figure>"#);
-        return out;
-    }
-    let (t0, t1) = (*times.iter().min().unwrap_or(&0), *times.iter().max().unwrap_or(&0));
+/// The value range and its gridlines: ratios run 0 to 100 %; other units
+/// start at 0 (temperatures near the data) and end on a round value.
+fn value_scale(values: &[f64], thresholds: &[Threshold], unit: &str) -> (f64, f64, Vec<f64>) {
     let mut lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let mut hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     for t in thresholds {
         hi = hi.max(t.value);
+        lo = lo.min(t.value);
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        (lo, hi) = (0.0, 1.0);
     }
     if unit == "%" {
-        lo = 0.0;
-        hi = hi.max(1.0);
-    } else if lo > 0.0 && unit != "°C" {
-        lo = 0.0;
+        let hi = hi.max(1.0);
+        return (0.0, hi, (0..=4).map(|i| hi * f64::from(i) / 4.0).collect());
     }
+    // Temperatures from room temperature; everything else from zero.
+    lo = lo.min(if unit == "°C" { 20.0 } else { 0.0 });
     if (hi - lo).abs() < f64::EPSILON {
         hi = lo + 1.0;
     }
-    let pad = (hi - lo) * 0.05;
-    let (lo, hi) = if unit == "%" {
-        (lo, hi)
-    } else {
-        (lo - if lo == 0.0 { 0.0 } else { pad }, hi + pad)
-    };
-    let x = |t: u64| {
-        LEFT + if t1 > t0 {
-            (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - RIGHT)
-        } else {
-            W - RIGHT
-        }
-    };
+    let step = nice_step(hi - lo);
+    let lo = (lo / step).floor() * step;
+    let hi = (hi / step).ceil() * step;
+    let n = ((hi - lo) / step).round() as usize;
+    (lo, hi, (0..=n).map(|i| lo + step * i as f64).collect())
+}
+
+/// Renders a chart over `axis`. `unit` picks value formatting: "%",
+/// "°C", "B", "B/s". Every point carries its time and value in a
+/// `<title>`, so it can be read without JavaScript (hover, or a screen
+/// reader).
+pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold], axis: &Axis) -> String {
+    let lines: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            label: l.label.clone(),
+            points: downsample(
+                &l.points
+                    .iter()
+                    .copied()
+                    .filter(|(t, _)| (axis.from..=axis.to).contains(t))
+                    .collect::<Vec<_>>(),
+                MAX_POINTS,
+            ),
+        })
+        .collect();
+    let values: Vec<f64> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().filter_map(|p| p.1.map(f64::from)))
+        .collect();
+    let first = lines
+        .iter()
+        .filter_map(|l| l.points.iter().find(|p| p.1.is_some()).map(|p| p.0))
+        .min();
+    let mut out = String::with_capacity(8192);
+    let _ = write!(out, r#"<figure class="chart"><figcaption>{}</figcaption>"#, esc(title));
+    let (lo, hi, grid) = value_scale(&values, thresholds, unit);
+    let span = axis.to.saturating_sub(axis.from).max(1);
+    let x = |t: u64| LEFT + t.saturating_sub(axis.from) as f64 / span as f64 * (W - LEFT - RIGHT);
     let y = |v: f64| TOP + (1.0 - (v - lo) / (hi - lo)) * (H - TOP - BOTTOM);
+    let desc = format!(
+        "{title}, {} to {} {}: {} points",
+        axis.moment(axis.from),
+        axis.time(axis.to),
+        axis.zone(),
+        values.len()
+    );
     let _ = write!(
         out,
-        r#"<svg viewBox="0 0 {W} {H}" role="img" aria-label="{}" preserveAspectRatio="none">"#,
+        r#"<svg viewBox="0 0 {W} {H}" role="img" aria-label="{}">"#,
         esc(&desc)
     );
-    // Axes and labels.
+    let (b, r) = (H - BOTTOM, W - RIGHT);
+    for g in &grid {
+        let yy = y(*g);
+        let _ = write!(
+            out,
+            r#"<line class="grid" x1="{LEFT}" y1="{yy:.1}" x2="{r}" y2="{yy:.1}"/><text class="lbl" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 4.0,
+            yy + 4.0,
+            esc(&fmt_value(*g, unit))
+        );
+    }
+    for (t, label) in axis.ticks() {
+        let xx = x(t);
+        let _ = write!(
+            out,
+            r#"<line class="grid" x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{b}"/><text class="lbl tick" x="{xx:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            H - 8.0,
+            esc(&label)
+        );
+    }
     let _ = write!(
         out,
-        r#"<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}"/><line class="axis" x1="{LEFT}" y1="{b}" x2="{r}" y2="{b}"/>"#,
-        b = H - BOTTOM,
-        r = W - RIGHT
-    );
-    let _ = write!(
-        out,
-        r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#,
-        LEFT - 4.0,
-        TOP + 10.0,
-        esc(&fmt_value(hi, unit))
-    );
-    let _ = write!(
-        out,
-        r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#,
-        LEFT - 4.0,
-        H - BOTTOM,
-        esc(&fmt_value(lo, unit))
-    );
-    let span = t1.saturating_sub(t0);
-    let _ = write!(
-        out,
-        r#"<text class="lbl" x="{LEFT}" y="{}">{}</text>"#,
-        H - 6.0,
-        fmt_time(t0, span)
-    );
-    let _ = write!(
-        out,
-        r#"<text class="lbl" x="{}" y="{}" text-anchor="end">{}</text>"#,
-        W - RIGHT,
-        H - 6.0,
-        fmt_time(t1, span)
+        r#"<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}"/><line class="axis" x1="{LEFT}" y1="{b}" x2="{r}" y2="{b}"/><text class="lbl zone" x="{W}" y="{}" text-anchor="end">{}</text>"#,
+        H - 8.0,
+        esc(&axis.zone())
     );
     for t in thresholds {
         let yy = y(t.value);
         let _ = write!(
             out,
-            r#"<line class="th {k}" x1="{LEFT}" y1="{yy:.1}" x2="{r}" y2="{yy:.1}"><title>{l}: {v}</title></line><text class="lbl {k}" x="{r}" y="{ty:.1}" text-anchor="end">{l} {v}</text>"#,
+            r#"<line class="th {k}" data-value="{raw}" x1="{LEFT}" y1="{yy:.1}" x2="{r}" y2="{yy:.1}"><title>{l}: {v}</title></line><text class="lbl {k}" x="{tx}" y="{ty:.1}" text-anchor="end">{l} {v}</text>"#,
             k = t.kind,
-            r = W - RIGHT,
+            raw = t.value,
+            tx = r - 2.0,
             l = esc(&t.label),
             v = esc(&fmt_value(t.value, unit)),
             ty = yy - 3.0
@@ -191,8 +300,37 @@ pub fn chart(title: &str, unit: &str, lines: &[Line], thresholds: &[Threshold]) 
             }
         }
         flush(&mut run, &mut out);
+        out.push_str(r#"<g class="pts">"#);
+        for (t, v) in &l.points {
+            if let Some(v) = v {
+                let _ = write!(
+                    out,
+                    r#"<circle class="pt s{}" cx="{:.1}" cy="{:.1}" r="3"><title>{}: {} at {}</title></circle>"#,
+                    i % 6,
+                    x(*t),
+                    y(f64::from(*v)),
+                    esc(&l.label),
+                    esc(&fmt_value(f64::from(*v), unit)),
+                    esc(&axis.time(*t))
+                );
+            }
+        }
+        out.push_str("</g>");
     }
     out.push_str("</svg>");
+    match first {
+        None => out.push_str(r#"<p class="empty">No data in this period.</p>"#),
+        // A young node: say where its history starts rather than leave the
+        // window's start looking like a flat line or a broken chart.
+        Some(t) if t > axis.from + span / 50 => {
+            let _ = write!(
+                out,
+                r#"<p class="nodata">No data before {}: the history starts then.</p>"#,
+                esc(&axis.moment(t))
+            );
+        }
+        Some(_) => {}
+    }
     if lines.len() > 1 {
         out.push_str(r#"<ul class="legend">"#);
         for (i, l) in lines.iter().enumerate() {
@@ -242,12 +380,28 @@ mod tests {
         assert_eq!(downsample(&pts, 100).len(), 10);
     }
 
+    fn amsterdam(from: u64, to: u64) -> Axis {
+        Axis {
+            from,
+            to,
+            tz: TimeZone::get("Europe/Amsterdam").unwrap(),
+        }
+    }
+
     #[test]
-    fn chart_draws_runs_thresholds_and_escapes() {
+    fn chart_draws_runs_thresholds_points_and_escapes() {
+        // 2026-11-30 12:00:00 UTC = 13:00 CET.
+        let t0 = 1_796_040_000;
         let line = Line {
             label: "coretemp/<pkg>".into(),
-            points: vec![(0, Some(40.0)), (60, Some(50.0)), (120, None), (180, Some(45.0))],
+            points: vec![
+                (t0, Some(40.0)),
+                (t0 + 60, Some(50.0)),
+                (t0 + 120, None),
+                (t0 + 180, Some(45.0)),
+            ],
         };
+        let axis = amsterdam(t0, t0 + 3600);
         let svg = chart(
             "Temperature",
             "°C",
@@ -257,11 +411,15 @@ mod tests {
                 value: 85.0,
                 kind: "warn",
             }],
+            &axis,
         );
         assert_eq!(svg.matches("<polyline").count(), 2, "the gap splits the line");
-        assert!(svg.contains("warn 85 °C"));
+        assert!(svg.contains("warn 85 °C") && svg.contains(r#"data-value="85""#));
         assert!(svg.contains("coretemp/&lt;pkg&gt;") && !svg.contains("<pkg>"));
-        assert!(svg.contains(r#"aria-label="Temperature: 3 points""#));
+        assert!(svg.contains("coretemp/&lt;pkg&gt;: 50 °C at 13:01"), "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert!(svg.contains(">CET</text>"), "the zone is on the axis");
+        assert!(!svg.contains("No data before"), "data from the window's start");
         let empty = chart(
             "CPU",
             "%",
@@ -270,7 +428,78 @@ mod tests {
                 points: vec![],
             }],
             &[],
+            &axis,
         );
-        assert!(empty.contains("No data yet"));
+        assert!(
+            empty.contains("No data in this period") && empty.contains("<svg"),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn a_young_node_gets_the_whole_week_and_a_no_data_note() {
+        let now = 1_796_040_000; // Mon 30 Nov 2026 13:00 CET
+        let axis = amsterdam(now - 7 * 86400, now);
+        let line = Line {
+            label: "CPU".into(),
+            points: vec![(now - 600, Some(0.2)), (now - 300, Some(0.3))],
+        };
+        let svg = chart("CPU", "%", &[line], &[], &axis);
+        assert!(svg.contains("No data before Mon 30 Nov 12:50 CET"), "{svg}");
+        // The points sit at the right end, the axis runs a week: ticks at
+        // seven local midnights (Tue 24 to Mon 30).
+        let ticks: Vec<String> = axis.ticks().into_iter().map(|t| t.1).collect();
+        assert_eq!(
+            ticks,
+            ["Tue 24", "Wed 25", "Thu 26", "Fri 27", "Sat 28", "Sun 29", "Mon 30"]
+        );
+        let last_x: f64 = svg
+            .rsplit("cx=\"")
+            .next()
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            last_x > 683.0 && last_x <= 684.0,
+            "the newest point at the right edge: {last_x}"
+        );
+    }
+
+    #[test]
+    fn ticks_follow_local_time_across_a_dst_change() {
+        // 2026-03-29: Amsterdam jumps from 02:00 CET to 03:00 CEST.
+        let from = 1_774_735_200; // 2026-03-28 22:00 UTC = 23:00 CET
+        let axis = amsterdam(from, from + 86400);
+        let ticks: Vec<String> = axis.ticks().into_iter().map(|t| t.1).collect();
+        // 24 real hours from 23:00 CET end at 00:00 CEST: the day had 23.
+        assert_eq!(
+            ticks,
+            [
+                "00:00", "03:00", "06:00", "09:00", "12:00", "15:00", "18:00", "21:00", "00:00"
+            ]
+        );
+        let hour = amsterdam(from, from + 3600);
+        assert_eq!(hour.ticks().len(), 7, "every 10 minutes, both ends included");
+    }
+
+    #[test]
+    fn value_scales_are_round() {
+        assert_eq!(value_scale(&[0.3], &[], "%").2, [0.0, 0.25, 0.5, 0.75, 1.0]);
+        let (lo, hi, grid) = value_scale(&[3.1e9, 7.9e9], &[], "B");
+        assert_eq!((lo, hi), (0.0, 8e9));
+        assert_eq!(grid.len(), 5);
+        let (lo, hi, _) = value_scale(
+            &[45.0, 48.0],
+            &[Threshold {
+                label: "c".into(),
+                value: 95.0,
+                kind: "critical",
+            }],
+            "°C",
+        );
+        assert_eq!((lo, hi), (20.0, 100.0));
     }
 }

@@ -248,62 +248,121 @@ pub struct WindowLink {
 struct Hardware {
     nav: Nav,
     windows: Vec<WindowLink>,
+    window: &'static str,
+    zone: String,
     charts: Vec<String>,
+    notes: Vec<String>,
 }
 
-pub fn hardware(s: &Session, st: &Status, b: &dyn Backend, window: Window) -> String {
+/// Warn and critical lines for a ratio rule, scaled to the graph's unit
+/// (`full` is what a ratio of 1 is: total memory, link capacity).
+fn ratio_lines(l: Option<&appliance_monitor::health::Limits>, full: f64) -> Vec<Threshold> {
+    let Some(l) = l else { return vec![] };
+    [("warn", l.warn), ("critical", l.critical)]
+        .into_iter()
+        .filter_map(|(kind, v)| {
+            v.map(|v| Threshold {
+                label: kind.into(),
+                value: v * full,
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// The node's time zone for the graphs; UTC if the name is unknown here.
+pub fn zone_of(st: &Status) -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get(&st.node.timezone).unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+pub fn hardware(s: &Session, st: &Status, b: &dyn Backend, window: Window, now: u64) -> String {
     let windows = [
-        ("/hardware?window=hour", "Last hour", Window::Hour),
-        ("/hardware?window=day", "Last day", Window::Day),
-        ("/hardware?window=week", "Last week", Window::Week),
+        ("/hardware?window=hour", Window::Hour),
+        ("/hardware?window=day", Window::Day),
+        ("/hardware?window=week", Window::Week),
     ]
     .into_iter()
-    .map(|(href, label, w)| WindowLink {
+    .map(|(href, w)| WindowLink {
         href,
-        label,
+        label: w.label(),
         current: w == window,
     })
     .collect();
+    let axis = graph::Axis::ending(now, window.seconds(), zone_of(st));
     let series = b.series();
     let line = |name: &str, label: &str| Line {
         label: label.to_string(),
         points: b.history(name, window),
     };
+    let limits = st.limits.as_ref();
     let mut charts = Vec::new();
+    let mut notes = Vec::new();
     charts.push(graph::chart(
         "CPU usage",
         "%",
         &[line("cpu", "CPU")],
-        &[Threshold {
-            label: "warn".into(),
-            value: 0.8,
-            kind: "warn",
-        }],
+        &ratio_lines(limits.map(|l| &l.cpu), 1.0),
+        &axis,
     ));
     let mem_total = st.monitor.as_ref().and_then(|m| m.memory.map(|m| m.total_bytes as f64));
-    let mut mem_th = Vec::new();
-    if let Some(t) = mem_total {
-        mem_th.push(Threshold {
-            label: "total".into(),
-            value: t,
-            kind: "critical",
-        });
-    }
     charts.push(graph::chart(
-        "Memory used",
+        &match mem_total {
+            Some(t) => format!("Memory used (of {})", format_bytes(t as u64)),
+            None => "Memory used".into(),
+        },
         "B",
         &[line("memory_used_bytes", "used")],
-        &mem_th,
+        &mem_total
+            .map(|t| ratio_lines(limits.map(|l| &l.memory), t))
+            .unwrap_or_default(),
+        &axis,
     ));
-    let mut ifaces: Vec<&str> = series.iter().filter_map(|s| s.strip_prefix("net_rx:")).collect();
-    ifaces.sort();
-    for i in ifaces {
+    let mut disks: Vec<&str> = series.iter().filter_map(|s| s.strip_prefix("disk:")).collect();
+    disks.sort();
+    for d in disks {
         charts.push(graph::chart(
-            &format!("Bandwidth {i}"),
+            &format!("Disk use {d}"),
+            "%",
+            &[line(&format!("disk:{d}"), d)],
+            &ratio_lines(limits.map(|l| &l.disk), 1.0),
+            &axis,
+        ));
+    }
+    // Interfaces that are up, and the uplink even when down: a down
+    // virtual interface's flat line says nothing.
+    let net = st.monitor.as_ref().map(|m| m.network.as_slice()).unwrap_or_default();
+    let mut ifaces: Vec<&str> = series
+        .iter()
+        .filter_map(|s| s.strip_prefix("net_rx:"))
+        .filter(|i| st.hardware.uplink.as_deref() == Some(*i) || net.iter().any(|n| n.name == *i && n.up == Some(true)))
+        .collect();
+    ifaces.sort_by_key(|i| (st.hardware.uplink.as_deref() != Some(*i), i.to_string()));
+    for i in ifaces {
+        let uplink = st.hardware.uplink.as_deref() == Some(i);
+        let cap = st.hardware.uplink_capacity_mbps.filter(|_| uplink);
+        let title = match cap {
+            Some(c) => format!("Bandwidth {i} (uplink, {} Mbit/s)", c),
+            None if uplink => format!("Bandwidth {i} (uplink, capacity unknown)"),
+            None => format!("Bandwidth {i}"),
+        };
+        // The bandwidth alert compares the busier direction with the
+        // capacity, in bits: in bytes per second, that is capacity / 8.
+        let th = cap
+            .map(|c| ratio_lines(limits.map(|l| &l.bandwidth), c as f64 * 1e6 / 8.0))
+            .unwrap_or_default();
+        charts.push(graph::chart(
+            &title,
             "B/s",
             &[line(&format!("net_rx:{i}"), "in"), line(&format!("net_tx:{i}"), "out")],
-            &[],
+            &th,
+            &axis,
         ));
+    }
+    if st.sensors.is_empty() {
+        notes.push(
+            "This box shows no temperature sensors (none found under /sys/class/hwmon or thermal zones), so temperatures are not graphed or watched. A hardware profile can name the module that provides them."
+                .into(),
+        );
     }
     for sensor in &st.sensors {
         let mut th = Vec::new();
@@ -326,12 +385,16 @@ pub fn hardware(s: &Session, st: &Status, b: &dyn Backend, window: Window) -> St
             "°C",
             &[line(&format!("temp:{}", sensor.sensor), &sensor.sensor)],
             &th,
+            &axis,
         ));
     }
     render(Hardware {
         nav: nav(s, st, "/hardware"),
         windows,
+        window: window.label(),
+        zone: format!("{} ({})", st.node.timezone, axis.zone()),
         charts,
+        notes,
     })
 }
 

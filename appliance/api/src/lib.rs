@@ -47,6 +47,9 @@ pub struct Status {
     /// The admin page's certificate; `None` where the caller does not know it.
     #[serde(default)]
     pub certificate: Option<CertificateView>,
+    /// The alert thresholds in force (`[alerts]`), for the graphs' lines.
+    #[serde(default)]
+    pub limits: Option<appliance_monitor::health::AlertConfig>,
 }
 
 /// Updates of the supervisor, as the Updates page, `appliance status`,
@@ -180,6 +183,13 @@ pub struct Node {
     /// Unix time the supervisor started.
     pub started_at: f64,
     pub uptime_seconds: f64,
+    /// The IANA time zone pages show times in (`[node] timezone`).
+    #[serde(default = "utc")]
+    pub timezone: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +199,9 @@ pub struct Hardware {
     /// Why this profile was chosen.
     pub reason: String,
     pub uplink: Option<String>,
+    /// The uplink's capacity: the profile's, else the link speed.
+    #[serde(default)]
+    pub uplink_capacity_mbps: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

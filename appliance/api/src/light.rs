@@ -198,12 +198,14 @@ mod tests {
                 version: "1.0.0".into(),
                 started_at: NOW - DAY,
                 uptime_seconds: DAY,
+                timezone: "UTC".into(),
             },
             hardware: Hardware {
                 profile: "p".into(),
                 description: "d".into(),
                 reason: "r".into(),
                 uplink: None,
+                uplink_capacity_mbps: None,
             },
             health: Health::default(),
             alerts: vec![],
@@ -235,6 +237,7 @@ mod tests {
                 not_after: (NOW + 300.0 * DAY) as i64,
                 generated: true,
             }),
+            limits: None,
         }
     }
 

@@ -40,6 +40,25 @@ pub enum Window {
 }
 
 impl Window {
+    /// How far back the window reaches.
+    pub fn seconds(self) -> u64 {
+        match self {
+            Window::Hour => 3600,
+            Window::Day => 86400,
+            Window::Week => 7 * 86400,
+            Window::Month => 30 * 86400,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Window::Hour => "Last hour",
+            Window::Day => "Last day",
+            Window::Week => "Last week",
+            Window::Month => "Last month",
+        }
+    }
+
     /// Which ring serves the window and how many buckets of it.
     fn ring_and_len(self) -> (usize, usize) {
         match self {

@@ -164,6 +164,9 @@ pub struct NodeConfig {
     /// Shown on the console and the admin page; the hostname when unset.
     pub name: Option<String>,
     pub state_dir: PathBuf,
+    /// The IANA time zone the admin page shows times in ("Europe/London");
+    /// the system's when unset.
+    pub timezone: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -171,7 +174,22 @@ impl Default for NodeConfig {
         NodeConfig {
             name: None,
             state_dir: "/var/lib/appliance".into(),
+            timezone: None,
         }
+    }
+}
+
+impl NodeConfig {
+    /// The zone's IANA name: the configured one, else the system's, else
+    /// UTC (a box whose /etc/localtime is missing or not a named zone).
+    pub fn timezone_name(&self) -> String {
+        if let Some(z) = &self.timezone {
+            return z.clone();
+        }
+        jiff::tz::TimeZone::try_system()
+            .ok()
+            .and_then(|z| z.iana_name().map(str::to_string))
+            .unwrap_or_else(|| "UTC".into())
     }
 }
 
@@ -483,6 +501,11 @@ impl Config {
             if b.poll_interval < Duration::from_millis(100) {
                 return e("bbb.poll_interval", "must be at least 100ms".into());
             }
+        }
+        if let Some(z) = &self.node.timezone
+            && let Err(err) = jiff::tz::TimeZone::get(z)
+        {
+            return e("node.timezone", format!("{z:?} is not a known time zone ({err})"));
         }
         if let Err(w) = appliance_update::manifest::check_channel(&self.update.channel) {
             return e("update.channel", w.to_string());

@@ -20,6 +20,9 @@ pub struct Info {
     pub version: String,
     pub health: String,
     pub summary: String,
+    /// Every reason the light is not green, worst first.
+    #[serde(default)]
+    pub reasons: Vec<String>,
     pub fingerprint: String,
     pub setup_code: Option<String>,
     pub enrollment: String,
@@ -96,8 +99,19 @@ pub fn render_with(
     let _ = writeln!(o, "City node {node}    firmware {version}");
     let _ = writeln!(o, "{}", "=".repeat(64));
     match info {
-        Some(i) => {
+        Some(i) if i.reasons.is_empty() => {
             let _ = writeln!(o, "Health       {}", i.summary);
+        }
+        // The support person sees every reason, not only the worst.
+        Some(i) => {
+            let _ = writeln!(o, "Health       {}", i.health);
+            const SHOWN: usize = 6;
+            for r in i.reasons.iter().take(SHOWN) {
+                let _ = writeln!(o, "  - {r}");
+            }
+            if i.reasons.len() > SHOWN {
+                let _ = writeln!(o, "  (+{} more on the admin page)", i.reasons.len() - SHOWN);
+            }
         }
         None => {
             let _ = writeln!(
@@ -235,12 +249,30 @@ mod tests {
             version: "0.1.0".into(),
             health: "ok".into(),
             summary: "ok".into(),
+            reasons: vec![],
             fingerprint: (0..32).map(|i| format!("{i:02X}")).collect::<Vec<_>>().join(":"),
             setup_code: code.map(str::to_string),
             enrollment: "not enrolled with global ops".into(),
             admin_port: 8443,
             admin_ip: None,
         }
+    }
+
+    #[test]
+    fn every_reason_is_on_the_screen() {
+        let mut i = info(None);
+        i.health = "critical".into();
+        i.reasons = (1..=8).map(|n| format!("reason {n}")).collect();
+        let screen = render(Some(&i), "x", "0.1.0", &[], None);
+        assert!(
+            screen.contains("Health       critical\n  - reason 1\n  - reason 2\n"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("  - reason 6\n  (+2 more on the admin page)"),
+            "{screen}"
+        );
+        assert!(!screen.contains("reason 7"));
     }
 
     #[test]

@@ -164,6 +164,7 @@ async fn console(State(s): State<Arc<Shared>>) -> axum::Json<crate::console::Inf
         version: st.node.version,
         health: st.health.status.as_str().to_string(),
         summary: st.health.summary,
+        reasons: st.health.reasons,
         fingerprint: cert.fingerprint_sha256,
         setup_code: crate::state::lock(&s.auth).setup_code().map(str::to_string),
         enrollment: match s.reports.state().enrollment.as_ref() {

@@ -101,6 +101,8 @@ pub fn run(cfg: Config) -> Result<()> {
             started,
             profile: hw,
             detection,
+            timezone: cfg.node.timezone_name(),
+            limits: cfg.alerts.clone(),
         },
         live: std::sync::Mutex::new(Live::default()),
         history: std::sync::Mutex::new(history),

@@ -26,6 +26,10 @@ pub struct Identity {
     pub started: Instant,
     pub profile: HwProfile,
     pub detection: Detection,
+    /// `[node] timezone`, resolved.
+    pub timezone: String,
+    /// `[alerts]`: the thresholds the graphs draw.
+    pub limits: appliance_monitor::health::AlertConfig,
 }
 
 /// What changes every sample.
@@ -129,10 +133,13 @@ impl Shared {
             .as_deref()
             .map(|s| sensors(&self.id.profile, s, &alerts))
             .unwrap_or_default();
-        let uplink = snapshot.as_deref().and_then(|s| {
-            appliance_monitor::collector::pick_uplink(&self.id.profile.uplink.interface, &s.network)
-                .map(|i| i.name.clone())
-        });
+        let uplink = snapshot
+            .as_deref()
+            .and_then(|s| appliance_monitor::collector::pick_uplink(&self.id.profile.uplink.interface, &s.network));
+        let uplink_capacity_mbps = uplink
+            .and_then(|i| self.id.profile.uplink.capacity_mbps.or(i.speed_mbps))
+            .filter(|c| *c > 0);
+        let uplink = uplink.map(|i| i.name.clone());
         let certificate = {
             let c = lock(&self.cert);
             appliance_api::CertificateView {
@@ -147,12 +154,14 @@ impl Shared {
                 version: self.id.version.clone(),
                 started_at: self.id.started_unix,
                 uptime_seconds: self.id.started.elapsed().as_secs_f64(),
+                timezone: self.id.timezone.clone(),
             },
             hardware: Hardware {
                 profile: self.id.profile.name.clone(),
                 description: self.id.profile.description.clone(),
                 reason: self.id.detection.reason.clone(),
                 uplink,
+                uplink_capacity_mbps,
             },
             health: Health::default(),
             alerts,
@@ -164,6 +173,7 @@ impl Shared {
             reports,
             update: lock(&self.update).clone(),
             certificate: Some(certificate),
+            limits: Some(self.id.limits.clone()),
         };
         appliance_api::light::apply(&mut st, crate::run::unix_now());
         st

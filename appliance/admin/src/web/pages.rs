@@ -16,7 +16,14 @@ pub(super) struct WindowQuery {
 pub(super) async fn hardware(ctx: Ctx, State(st): State<AdminState>, Query(q): Query<WindowQuery>) -> Response {
     let s = viewer!(ctx, st);
     let window = q.window.unwrap_or(Window::Hour);
-    Html(views::hardware(&s, &st.backend.status(), st.backend.as_ref(), window)).into_response()
+    Html(views::hardware(
+        &s,
+        &st.backend.status(),
+        st.backend.as_ref(),
+        window,
+        now() as u64,
+    ))
+    .into_response()
 }
 
 pub(super) async fn services_page(

@@ -29,12 +29,14 @@ impl Backend for Fake {
                 version: "0.1.0".into(),
                 started_at: 0.0,
                 uptime_seconds: 5.0,
+                timezone: "UTC".into(),
             },
             hardware: Hardware {
                 profile: "qemu".into(),
                 description: "d".into(),
                 reason: "r".into(),
                 uplink: None,
+                uplink_capacity_mbps: None,
             },
             health: Health::default(),
             alerts: vec![],
@@ -46,6 +48,7 @@ impl Backend for Fake {
             reports: None,
             update: None,
             certificate: None,
+            limits: None,
         }
     }
     fn series(&self) -> Vec<String> {
