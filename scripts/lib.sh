@@ -12,10 +12,38 @@ apt_install() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        echo "==> installing ${missing[*]} (apt's output in $(apt_log))"
+        quietly as_root apt-get update
+        quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
     fi
+}
+
+apt_log() {
+    echo "${TMPDIR:-/tmp}/appliance-apt.log"
+}
+
+# quietly CMD...: runs CMD with its output going to the apt log, which is
+# printed only if CMD fails (dpkg's progress is half a CI log otherwise).
+quietly() {
+    if ! "$@" >>"$(apt_log)" 2>&1; then
+        echo "!! failed: $*; its output:" >&2
+        tail -n 50 "$(apt_log)" >&2
+        return 1
+    fi
+}
+
+# ensure_promtool: promtool (and prometheus, for the dashboard test) from
+# Debian's prometheus package, unpacked under target/tools/ rather than
+# installed, so that no Prometheus server is set up or started here.
+ensure_promtool() {
+    local dir=target/tools
+    if [ -x "$dir/usr/bin/promtool" ] && [ -x "$dir/usr/bin/prometheus" ]; then
+        return
+    fi
+    echo "==> unpacking promtool and prometheus from Debian's prometheus package into $dir"
+    mkdir -p "$dir"
+    [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ] || quietly as_root apt-get update
+    (cd "$dir" && quietly apt-get download prometheus && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb)
 }
 
 # ensure_rust: cargo on PATH, with rustfmt and clippy. Debian's own rustc is

@@ -75,6 +75,10 @@ pub struct Cpu {
     /// Share of the last 10 s some task waited for a CPU (PSI), 0..1.
     pub pressure: Option<f64>,
     pub throttles: Option<Throttles>,
+    /// Time all CPUs spent in each mode since boot, from `/proc/stat`:
+    /// what Prometheus's `rate()` wants, beside the ratio above.
+    #[serde(default)]
+    pub times: Option<crate::procfs::CpuTimes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +251,7 @@ impl Collector {
         if let Some(stat) = stat {
             let prev = self.prev_stat.as_ref();
             cpu.usage = prev.and_then(|p| stat.total.usage_since(&p.total));
+            cpu.times = Some(stat.total);
             cpu.cores = stat
                 .cpus
                 .iter()

@@ -9,7 +9,7 @@ use crate::ParseError;
 ///
 /// `guest` and `guest_nice` are left out on purpose: the kernel already
 /// counts them inside `user` and `nice`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuTimes {
     pub user: u64,
     pub nice: u64,
@@ -21,7 +21,26 @@ pub struct CpuTimes {
     pub steal: u64,
 }
 
+/// Ticks per second in `/proc/stat`: USER_HZ, which the kernel fixes at
+/// 100 for user space on every architecture it supports.
+pub const USER_HZ: f64 = 100.0;
+
 impl CpuTimes {
+    /// Seconds in each mode (node_exporter's names), for counters.
+    pub fn seconds(&self) -> [(&'static str, f64); 8] {
+        let s = |t: u64| t as f64 / USER_HZ;
+        [
+            ("user", s(self.user)),
+            ("nice", s(self.nice)),
+            ("system", s(self.system)),
+            ("idle", s(self.idle)),
+            ("iowait", s(self.iowait)),
+            ("irq", s(self.irq)),
+            ("softirq", s(self.softirq)),
+            ("steal", s(self.steal)),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
         self.user
             .saturating_add(self.nice)

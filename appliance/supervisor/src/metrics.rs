@@ -147,6 +147,16 @@ pub fn render(st: &Status, process: ProcessStats) -> String {
         cpu.and_then(|c| c.usage),
     );
     e.family(
+        "appliance_cpu_seconds_total",
+        "counter",
+        "Seconds all CPUs spent in each mode since boot (node_exporter's node_cpu_seconds_total, summed over CPUs).",
+    );
+    if let Some(t) = st.monitor.as_ref().and_then(|m| m.cpu.times) {
+        for (mode, secs) in t.seconds() {
+            e.sample("appliance_cpu_seconds_total", &[("mode", mode)], secs);
+        }
+    }
+    e.family(
         "appliance_cpu_core_usage_ratio",
         "gauge",
         "Busy share of each CPU over the last interval, 0 to 1.",
