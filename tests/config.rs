@@ -218,3 +218,49 @@ fn hw_detect_explains_its_choice() {
         "{text}"
     );
 }
+
+/// The supervisor needs no privileges: as root it refuses to start unless
+/// asked (`--allow-root`, or APPLIANCE_ALLOW_ROOT, which the workspace's
+/// .cargo/config.toml sets for tests).
+#[test]
+fn root_is_refused_unless_asked_for() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root here: nothing to refuse");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    fs::write(
+        &good,
+        format!(
+            "[node]\nstate_dir = {:?}\n",
+            dir.path().join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin("appliance"))
+        .args(["run", "--config"])
+        .arg(&good)
+        .env_remove("APPLIANCE_ALLOW_ROOT")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refuses to run as root") && err.contains("--allow-root"),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "refused before touching anything");
+    // Asked for: it goes on (to the config's own error, here).
+    let cfg = config_with(dir.path(), "[monitor]\ninterval = \"10ms\"\n");
+    let out = Command::new(bin("appliance"))
+        .args(["run", "--allow-root", "--config"])
+        .arg(&cfg)
+        .env_remove("APPLIANCE_ALLOW_ROOT")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("monitor.interval: 10ms is outside"), "{err}");
+}

@@ -28,7 +28,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the supervisor in the foreground.
-    Run,
+    Run {
+        /// Run even as root. The supervisor needs no privileges (the image
+        /// runs it as user appliance); root is refused unless asked for.
+        #[arg(long, env = "APPLIANCE_ALLOW_ROOT")]
+        allow_root: bool,
+    },
     /// Show node, version, uptime, hardware, sensors and alerts.
     Status {
         /// Print the status document as JSON.
@@ -241,6 +246,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Before anything is read or written.
+    if let Command::Run { allow_root: false } = cli.command
+        && nix::unistd::geteuid().is_root()
+    {
+        eprintln!(
+            "error: appliance run refuses to run as root: it needs no privileges. Run it as an unprivileged user (scripts/dev does), or pass --allow-root."
+        );
+        return ExitCode::from(2);
+    }
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -249,7 +263,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run => {
+        Command::Run { .. } => {
             logging::init(cfg.log_level());
             run::run(cfg)
         }
