@@ -9,23 +9,15 @@
 //! scripts/test installs; ignored by a plain `cargo test`.
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use appliance_e2e::webdriver::Browser;
-use appliance_e2e::{Box_, Setup, Supervisor, bin, free_port, http_get, repo_root, wait_for};
+use appliance_e2e::{Box_, Kill, Setup, Supervisor, bin, free_port, http_get, repo_root, wait_for};
 
 const OP: &str = "Operator-pass-1234";
 const VIEW: &str = "viewer pass phrase 99";
 const T: Duration = Duration::from_secs(30);
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const MEETINGS: &str = r#"
 [[event]]

@@ -11,10 +11,10 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use appliance_e2e::{Box_, Setup, Supervisor, bin, free_port, http_get, repo_root, wait_for};
+use appliance_e2e::{Box_, Kill, Setup, Supervisor, bin, free_port, http_get, repo_root, wait_for};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -27,14 +27,6 @@ fn tool(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const MEETINGS: &str = r#"

@@ -14,25 +14,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use appliance_e2e::{Box_, free_port, repo_root, wait_for};
+use appliance_e2e::{Box_, Kill, free_port, repo_root, wait_for};
 use appliance_usage::protocol::{MeetingLine, MemberLine, Resources};
 use appliance_usage::{EnrollRequest, MemberUsage, NodeKey, Report};
 
 const NODES: usize = 10_000;
 const CONCURRENCY: usize = 64;
 const OFFLINE_REPORTS: u64 = 2016;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn release_bins() -> PathBuf {
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

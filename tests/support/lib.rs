@@ -359,3 +359,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let r = tls::parse_response(&buf)?;
     Ok((r.status, r.body))
 }
+
+/// A child process killed and reaped when the guard drops, so a failing
+/// test leaves nothing running.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

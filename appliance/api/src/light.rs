@@ -27,7 +27,9 @@ pub const UPDATE_CHECK_LATE_SECS: f64 = 24.0 * 3600.0;
 /// Updates page keeps it after that.
 pub const UPDATE_RESULT_SHOWN_SECS: f64 = 7.0 * 86400.0;
 
-fn alert(id: &str, severity: Severity, reason: String) -> Alert {
+/// An alert about the node as a whole: no value or thresholds, no start
+/// time of its own.
+pub fn alert(id: &str, severity: Severity, reason: String) -> Alert {
     Alert {
         id: id.into(),
         severity,

@@ -185,15 +185,7 @@ impl Shared {
 /// lost); usage that cannot be written or read, or reports ops refuses,
 /// need a person.
 pub fn report_alerts(r: &crate::reports::ReportsState) -> Vec<Alert> {
-    let alert = |id: &str, severity, reason: String| Alert {
-        id: id.into(),
-        severity,
-        reason,
-        since: None,
-        value: None,
-        warn: None,
-        critical: None,
-    };
+    use appliance_api::light::alert;
     let mut out = Vec::new();
     if let Some(e) = &r.write_error {
         out.push(alert(
