@@ -155,11 +155,19 @@ impl Supervisor {
         let state_dir = state.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("state"));
         let port = free_port();
         let config = dir.path().join("appliance.toml");
+        // The watched filesystem is the host's (the test's temp dir), whose
+        // fill is the host's business: a CI box with a fuller disk must not
+        // turn every node yellow. Disk alerts are off unless a test sets them.
+        let disk_alerts = if setup.extra.contains("alerts.disk") || setup.extra.contains("disk =") {
+            ""
+        } else {
+            "[alerts.disk]\nfor = \"0s\"\n\n"
+        };
         let text = format!(
             "[node]\nname = \"test-node\"\nstate_dir = {state:?}\n\n\
              [monitor]\ninterval = \"200ms\"\nsysfs_root = {sys:?}\nprocfs_root = {proc:?}\nfilesystems = [{fs:?}]\nhistory_save_interval = \"1s\"\n\n\
              [admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
-             [hardware]\nprofiles_dir = {profiles:?}\n\n{extra}\n",
+             [hardware]\nprofiles_dir = {profiles:?}\n\n{disk_alerts}{extra}\n",
             state = state_dir.display().to_string(),
             sys = setup.sysfs_root.display().to_string(),
             proc = setup.procfs_root.display().to_string(),
