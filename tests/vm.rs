@@ -38,6 +38,28 @@ impl Drop for Vm {
 
 /// Starts QEMU on `disk` (image/boot --persist), which keeps what the VM
 /// wrote across a power cycle.
+/// Every ssh into the VM. ConnectTimeout bounds the connect and the banner;
+/// the ServerAlive pair bounds a session whose guest went away mid-command
+/// (a reboot while the test asks for the boot id): QEMU's user network keeps
+/// the host's end open, nothing tells ssh, and it would wait for hours while
+/// the guest, rebooted, never hears from the test again.
+const SSH_OPTS: &[&str] = &[
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=5",
+    "-o",
+    "ServerAliveInterval=5",
+    "-o",
+    "ServerAliveCountMax=4",
+];
+
 fn start_qemu(disk: &Path, ssh_port: u16, admin_port: u16, console: &Path, hostfwd: &str) -> Child {
     Command::new(repo_root().join("image/boot"))
         .arg("--persist")
@@ -114,15 +136,8 @@ impl Vm {
             .args(["-i"])
             .arg(&self.key)
             .args(["-p", &self.ssh_port.to_string()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .args(["-o", "ConnectTimeout=5", "-o", "BatchMode=yes", "root@127.0.0.1", cmd])
+            .args(SSH_OPTS)
+            .args(["root@127.0.0.1", cmd])
             .output()
             .expect("running ssh");
         (
@@ -677,8 +692,7 @@ fn operator_ssh(vm: &Vm, addr: std::net::SocketAddr, cookie: &str) {
             .arg("-i")
             .arg(&key)
             .args(["-p", &vm.ssh_port.to_string()])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes"])
+            .args(SSH_OPTS)
             .args(["-o", "IdentitiesOnly=yes", "root@127.0.0.1", cmd])
             .output()
             .unwrap()
