@@ -368,6 +368,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     Ok((r.status, r.body))
 }
 
+/// Minimal plain-HTTP POST without a body, for local services' test hooks
+/// (e.g. the stand-in's `/standin/advance`).
+pub fn http_post(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let r = tls::parse_response(&buf)?;
+    Ok((r.status, r.body))
+}
+
 /// A child process killed and reaped when the guard drops, so a failing
 /// test leaves nothing running.
 pub struct Kill(pub std::process::Child);

@@ -30,6 +30,10 @@ pub struct Config {
     #[serde(default)]
     pub control: ControlConfig,
     pub bbb: Option<BbbConfig>,
+    /// The BBB API gateway for member organisations; off without a
+    /// `listen` address.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
     #[serde(default)]
     pub services: ServicesConfig,
     #[serde(default)]
@@ -238,6 +242,16 @@ impl Default for AdminConfig {
             tls_key: None,
         }
     }
+}
+
+/// The BBB API gateway (docs/operator-guide.md, "Members"): nginx sends
+/// `/bigbluebutton/api` here; the gateway checks each member's secret and
+/// passes the call on to `[bbb] url` signed with BBB's own secret.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Plain HTTP, so a loopback address: nginx terminates TLS.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -500,6 +514,20 @@ impl Config {
             }
             if b.poll_interval < Duration::from_millis(100) {
                 return e("bbb.poll_interval", "must be at least 100ms".into());
+            }
+        }
+        if let Some(l) = self.gateway.listen {
+            if self.bbb.is_none() {
+                return e(
+                    "gateway.listen",
+                    "the gateway needs [bbb] (where to pass calls on)".into(),
+                );
+            }
+            if !l.ip().is_loopback() {
+                return e(
+                    "gateway.listen",
+                    format!("{l} is not a loopback address: the gateway speaks plain HTTP behind nginx"),
+                );
             }
         }
         if let Some(z) = &self.node.timezone

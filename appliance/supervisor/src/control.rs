@@ -10,6 +10,9 @@
 //!   (which is why this socket is for root and the service group only).
 //! - `POST /v1/services/{name}/restart`, `POST /v1/services/{name}/reset`:
 //!   operator commands; the answer is a sentence.
+//! - `GET /v1/members`: the member organisations (no secrets);
+//!   `POST /v1/members` with an `appliance_members::Action`: a change,
+//!   audited; the answer is an `Outcome` (a new secret, shown once).
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -35,6 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/services/{name}/{action}", post(service_command))
         .route("/v1/update/{action}", post(update_command))
+        .route("/v1/members", get(members).post(members_change))
         .with_state(shared)
 }
 
@@ -63,17 +67,7 @@ async fn service_command(State(s): State<Arc<Shared>>, UrlPath((name, action)): 
     };
     let res = crate::backend::service_action(&s, name.clone(), act).await;
     // Who: whoever may open the socket (root or the service's group).
-    s.audit.record(&appliance_admin::audit::Entry {
-        at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
-        user: "local (control socket)".into(),
-        from: "this node".into(),
-        action: format!("service {action}"),
-        target: name,
-        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
-    });
+    audit(&s, format!("service {action}"), name, &res);
     answer(res)
 }
 
@@ -100,6 +94,18 @@ async fn update_command(State(s): State<Arc<Shared>>, UrlPath(action): UrlPath<S
                 .into_response();
         }
     };
+    audit(&s, format!("update {action}"), String::new(), &res);
+    answer(res)
+}
+
+/// Records a command given on the socket. Who: whoever may open it (root
+/// or the service's group).
+fn audit<T>(
+    s: &Shared,
+    action: impl Into<String>,
+    target: impl Into<String>,
+    res: &Result<T, appliance_api::ActionError>,
+) {
     s.audit.record(&appliance_admin::audit::Entry {
         at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -107,11 +113,34 @@ async fn update_command(State(s): State<Arc<Shared>>, UrlPath(action): UrlPath<S
             .unwrap_or(0.0),
         user: "local (control socket)".into(),
         from: "this node".into(),
-        action: format!("update {action}"),
-        target: String::new(),
+        action: action.into(),
+        target: target.into(),
         outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
     });
-    answer(res)
+}
+
+/// The member organisations, without their secrets.
+async fn members(State(s): State<Arc<Shared>>) -> axum::Json<Vec<appliance_members::MemberView>> {
+    axum::Json(s.members.current().views(unix_now()))
+}
+
+/// A change to the members; the answer carries a new secret, once.
+async fn members_change(
+    State(s): State<Arc<Shared>>,
+    axum::Json(a): axum::Json<appliance_members::Action>,
+) -> Response {
+    let res = s.members.act(&a, unix_now());
+    audit(&s, a.verb(), a.slug(), &res);
+    match res {
+        Ok(out) => axum::Json(out).into_response(),
+        Err(e) => answer(Err(e)),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The socket's answer: the sentence, with the status the error's kind
@@ -141,17 +170,7 @@ async fn enroll(State(s): State<Arc<Shared>>, axum::Json(b): axum::Json<EnrollBo
         .enroll(&s.state_dir, &b.ops, &b.token, b.force, &s.node_facts())
         .await
         .map_err(|e| e.action_error());
-    s.audit.record(&appliance_admin::audit::Entry {
-        at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
-        user: "local (control socket)".into(),
-        from: "this node".into(),
-        action: "enroll".into(),
-        target: b.ops.clone(),
-        outcome: res.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
-    });
+    audit(&s, "enroll", b.ops.clone(), &res);
     answer(res)
 }
 

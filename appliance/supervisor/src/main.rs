@@ -81,6 +81,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Member organisations: each calls BBB through the node's gateway
+    /// with its own secret, within its limits.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
     /// First-boot duties, run as root before BBB starts: replace BBB's
     /// default shared secret and write it where the supervisor reads it.
     Firstboot,
@@ -108,6 +114,68 @@ enum Command {
     Os {
         #[command(subcommand)]
         command: OsCommand,
+    },
+}
+
+/// A member's limits on the command line; each left out is "no limit"
+/// on add and "unchanged" on set.
+#[derive(clap::Args, Debug, Default)]
+struct LimitArgs {
+    /// Participants in all its meetings at once.
+    #[arg(long)]
+    participants: Option<u32>,
+    /// Meetings (rooms) at once.
+    #[arg(long)]
+    rooms: Option<u32>,
+    /// Longest meeting, e.g. 90m or 4h.
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// List the members, their limits and their secrets' ids.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a member; prints its first secret, once.
+    Add {
+        /// Short name: lower-case letters, digits and dashes (e.g. coop-a).
+        slug: String,
+        /// The organisation's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Change a member's name or limits.
+    Set {
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Drop these limits (participants, rooms, duration).
+        #[arg(long, value_delimiter = ',')]
+        unlimited: Vec<String>,
+    },
+    /// A new secret for a member, printed once; its current secrets keep
+    /// working for the overlap.
+    RotateSecret {
+        slug: String,
+        /// How long the current secrets keep working (0s: stop at once).
+        #[arg(long, default_value = "7d")]
+        overlap: humantime::Duration,
+    },
+    /// Stop one of a member's secrets at once.
+    RevokeSecret { slug: String, id: u32 },
+    /// Remove a member: its secrets stop working at once.
+    Remove {
+        slug: String,
+        /// Confirms the removal.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -307,6 +375,7 @@ fn main() -> ExitCode {
         Command::Firstboot => firstboot(&cfg),
         Command::Console { once, qr } => console(&cfg, once, qr),
         Command::Enroll { ops, token, force } => enroll(&cfg.control_socket(), ops, token, force),
+        Command::Members { command } => members(&cfg.control_socket(), command),
         Command::Update { command } => {
             logging::init(cfg.log_level());
             if let Err(e) = update::act_as_state_owner(&cfg) {
@@ -397,6 +466,115 @@ fn path_segment(s: &str) -> String {
             }
         })
         .collect()
+}
+
+fn members(socket: &Path, command: MembersCommand) -> anyhow::Result<()> {
+    use appliance_members::{Action, Limits, MemberView, Outcome};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let minutes = |d: humantime::Duration| -> anyhow::Result<u32> {
+        let m = d.as_secs().div_ceil(60);
+        u32::try_from(m).map_err(|_| anyhow::anyhow!("--duration {d} is too long"))
+    };
+    let action = match command {
+        MembersCommand::List { json } => {
+            let body = rt.block_on(control::get_body(socket, "/v1/members"))?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let list: Vec<MemberView> = serde_json::from_slice(&body)?;
+            if list.is_empty() {
+                println!("no members: BBB's shared secret works as before (docs/operator-guide.md, \"Members\")");
+            }
+            let lim = |v: Option<u32>| v.map_or("-".to_string(), |n| n.to_string());
+            for m in list {
+                let secrets: Vec<String> = m
+                    .secrets
+                    .iter()
+                    .map(|s| match s.expires {
+                        Some(e) => format!(
+                            "{} (until {})",
+                            s.id,
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.max(0) as u64)
+                            )
+                        ),
+                        None => s.id.to_string(),
+                    })
+                    .collect();
+                println!(
+                    "{:<20} {:<30} participants {:>5}  rooms {:>4}  minutes {:>5}  secrets {}",
+                    m.slug,
+                    m.name,
+                    lim(m.limits.participants),
+                    lim(m.limits.rooms),
+                    lim(m.limits.duration_minutes),
+                    secrets.join(", ")
+                );
+            }
+            return Ok(());
+        }
+        MembersCommand::Add { slug, name, limits } => Action::Add {
+            slug,
+            name,
+            limits: Limits {
+                participants: limits.participants,
+                rooms: limits.rooms,
+                duration_minutes: limits.duration.map(minutes).transpose()?,
+            },
+        },
+        MembersCommand::Set {
+            slug,
+            name,
+            limits,
+            unlimited,
+        } => {
+            let views: Vec<MemberView> =
+                serde_json::from_slice(&rt.block_on(control::get_body(socket, "/v1/members"))?)?;
+            let current = views
+                .iter()
+                .find(|m| m.slug == slug)
+                .ok_or_else(|| anyhow::anyhow!("no member {slug:?}"))?
+                .limits;
+            let mut l = Limits {
+                participants: limits.participants.or(current.participants),
+                rooms: limits.rooms.or(current.rooms),
+                duration_minutes: limits.duration.map(minutes).transpose()?.or(current.duration_minutes),
+            };
+            for u in &unlimited {
+                match u.as_str() {
+                    "participants" => l.participants = None,
+                    "rooms" => l.rooms = None,
+                    "duration" => l.duration_minutes = None,
+                    other => anyhow::bail!("--unlimited {other:?}: participants, rooms or duration"),
+                }
+            }
+            Action::Set {
+                slug,
+                name,
+                limits: Some(l),
+            }
+        }
+        MembersCommand::RotateSecret { slug, overlap } => Action::RotateSecret {
+            slug,
+            overlap_secs: i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX),
+        },
+        MembersCommand::RevokeSecret { slug, id } => Action::RevokeSecret { slug, id },
+        MembersCommand::Remove { slug, yes } => {
+            if !yes {
+                anyhow::bail!("removing {slug} stops its front end at once; add --yes to confirm");
+            }
+            Action::Remove { slug }
+        }
+    };
+    let body = serde_json::to_vec(&action)?;
+    let out: Outcome =
+        serde_json::from_slice(&rt.block_on(control::request_with(socket, "POST", "/v1/members", body))?)?;
+    println!("{}", out.message);
+    if let Some(secret) = out.secret {
+        println!("secret: {secret}");
+    }
+    Ok(())
 }
 
 fn enroll(socket: &Path, ops: String, token: String, force: bool) -> anyhow::Result<()> {

@@ -72,6 +72,14 @@ pub fn run(cfg: Config) -> Result<()> {
         log::info!("admin page setup is pending: use the setup code shown by `appliance console`");
     }
     let audit = appliance_admin::audit::AuditLog::open(&state_dir.join("admin"));
+    let members = Arc::new(crate::members::Store::open(&state_dir).context("member organisations")?);
+    let gateway_listener = match cfg.gateway.listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("gateway: cannot listen on {addr} ([gateway] listen)"))?,
+        ),
+        None => None,
+    };
     let tls = runtime
         .block_on(appliance_admin::tls_config(&cert))
         .context("admin TLS certificate")?;
@@ -121,6 +129,7 @@ pub fn run(cfg: Config) -> Result<()> {
         reports,
         update: std::sync::Mutex::new(None),
         update_requests: cfg.update.root.is_some().then_some(update_tx),
+        members,
     });
 
     let mut sampler = Sampler::new(shared.clone(), cfg.clone());
@@ -142,6 +151,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let result = runtime.block_on(serve(
         shared.clone(),
         admin_listener,
+        gateway_listener,
         control_listener,
         background,
         restart_rx,
@@ -285,10 +295,12 @@ async fn run_services(
 async fn serve(
     shared: Arc<Shared>,
     admin_listener: std::net::TcpListener,
+    gateway_listener: Option<std::net::TcpListener>,
     control_listener: tokio::net::UnixListener,
     background: Background,
     mut restart: tokio::sync::mpsc::Receiver<String>,
 ) -> Result<()> {
+    let background_bbb = background.cfg.bbb.clone();
     background.spawn(shared.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -330,6 +342,28 @@ async fn serve(
         }
     });
     tokio::spawn(watchdog(shared.clone()));
+    if let (Some(l), Some(b)) = (gateway_listener, background_bbb.as_ref()) {
+        let secret = b
+            .secret()
+            .map_err(|e| anyhow::anyhow!("gateway: the BBB secret: {e}"))?;
+        let g = crate::gateway::Gateway::new(shared.members.clone(), &b.url, secret, &b.member_key);
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        log::info!(
+            "BBB API gateway on http://{}/bigbluebutton/api ({} members)",
+            l.local_addr()?,
+            shared.members.current().members.len()
+        );
+        let rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, crate::gateway::router(Arc::new(g)))
+                .with_graceful_shutdown(wait(rx))
+                .await
+            {
+                log::error!("gateway stopped: {e}");
+            }
+        });
+    }
 
     log::info!("admin page on https://{addr}/ ; control socket ready");
     let summary = shared.status().health.summary;

@@ -70,6 +70,8 @@ pub struct Shared {
     /// Operator requests to the update task (check now, install now,
     /// restart into what an offline install switched to).
     pub update_requests: Option<mpsc::Sender<crate::update::Request>>,
+    /// The member organisations (their secrets and limits).
+    pub members: Arc<crate::members::Store>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data

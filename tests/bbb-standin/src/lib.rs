@@ -20,6 +20,10 @@
 //!   the `Date` header as BBB's clock does.
 //! - `POST /standin/fail?on=1` makes the API answer 503, as bbb-web down
 //!   behind nginx would.
+//! - `duration` and `maxParticipants` are honoured as BBB does: a meeting
+//!   ends (with its breakout rooms) when its minutes are up on the
+//!   stand-in's clock, and a join beyond `maxParticipants` gets
+//!   `maxParticipantsReached` (as XML, also without `redirect=false`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +61,10 @@ pub struct Meeting {
     pub sequence: u32,
     pub users: Vec<User>,
     pub has_user_joined: bool,
+    /// Minutes from create after which BBB ends the meeting (0: never).
+    pub duration: u32,
+    /// Users at once (0: no limit), as BBB checks it on join.
+    pub max_participants: u32,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +121,11 @@ fn xml(body: String) -> Response {
 
 fn params(raw: &str) -> BTreeMap<String, String> {
     form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+}
+
+/// A numeric parameter; absent or not a number is 0, as bbb-web reads it.
+fn number(p: &BTreeMap<String, String>, key: &str) -> u32 {
+    p.get(key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 fn tag(name: &str, value: impl std::fmt::Display) -> String {
@@ -180,6 +193,23 @@ impl StandIn {
         for e in &due {
             self.apply_locked(e, &c);
         }
+        self.end_expired(UNIX_EPOCH + Duration::from_secs(c.virtual_now.unwrap_or(to).max(0) as u64));
+    }
+
+    /// Ends the meetings whose `duration` is up at `now`, with their
+    /// breakout rooms, as BBB does on its own clock.
+    fn end_expired(&self, now: SystemTime) {
+        let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut w = self.lock();
+        let over: Vec<String> = w
+            .meetings
+            .values()
+            .filter(|m| m.duration > 0 && now_ms >= m.create_time + u64::from(m.duration) * 60_000)
+            .map(|m| m.internal_id.clone())
+            .collect();
+        w.meetings.retain(|_, m| {
+            !over.contains(&m.internal_id) && !m.parent_internal_id.as_ref().is_some_and(|p| over.contains(p))
+        });
     }
 
     pub fn set_failing(&self, on: bool) {
@@ -209,6 +239,7 @@ impl StandIn {
                 .unwrap_or(0),
             std::sync::atomic::Ordering::SeqCst,
         );
+        self.end_expired(now);
         let mut r = if c.failing {
             (StatusCode::SERVICE_UNAVAILABLE, "502 Bad Gateway\n").into_response()
         } else {
@@ -307,16 +338,19 @@ impl StandIn {
             sequence,
             users: Vec::new(),
             has_user_joined: false,
+            duration: number(p, "duration"),
+            max_participants: number(p, "maxParticipants"),
         };
         let body = format!(
-            "<response>\n<returncode>SUCCESS</returncode>\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n<dialNumber>613-555-1234</dialNumber>\n<hasUserJoined>false</hasUserJoined>\n<duration>0</duration>\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n<messageKey></messageKey>\n<message></message>\n</response>",
+            "<response>\n<returncode>SUCCESS</returncode>\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n<dialNumber>613-555-1234</dialNumber>\n<hasUserJoined>false</hasUserJoined>\n{}\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n<messageKey></messageKey>\n<message></message>\n</response>",
             tag("meetingID", &m.id),
             tag("internalMeetingID", &m.internal_id),
             tag("parentMeetingID", m.parent_internal_id.as_deref().unwrap_or("bbb-none")),
             tag("attendeePW", &m.attendee_pw),
             tag("moderatorPW", &m.moderator_pw),
             tag("createTime", m.create_time),
-            tag("voiceBridge", m.voice_bridge)
+            tag("voiceBridge", m.voice_bridge),
+            tag("duration", m.duration)
         );
         w.meetings.insert(id.clone(), m);
         xml(body)
@@ -353,6 +387,14 @@ impl StandIn {
             }
         };
         let user_id = p.get("userID").cloned().unwrap_or_else(|| format!("w_{n:06}"));
+        // bbb-web counts the users in the meeting; one rejoining is let in.
+        let rejoin = m.users.iter().any(|u| u.id == user_id);
+        if m.max_participants > 0 && !rejoin && m.users.len() >= m.max_participants as usize {
+            return xml(failed(
+                "maxParticipantsReached",
+                "The number of participants allowed for this meeting has been reached.",
+            ));
+        }
         // Rejoining with the same userID replaces the old session.
         m.users.retain(|u| u.id != user_id);
         m.users.push(User {
@@ -584,7 +626,7 @@ fn meeting_xml(m: &Meeting, w: &World) -> String {
         }
     };
     format!(
-        "{}\n{}\n{}\n{}\n<createDate>{}</createDate>\n{}\n<dialNumber>613-555-1234</dialNumber>\n{}\n{}\n{}\n<duration>0</duration>\n{}\n<recording>false</recording>\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n{}\n<endTime>0</endTime>\n{}\n{}\n{}\n{}\n<maxUsers>0</maxUsers>\n{}\n<attendees>\n{attendees}</attendees>\n<metadata>\n{metadata}</metadata>\n{breakout}{}\n",
+        "{}\n{}\n{}\n{}\n<createDate>{}</createDate>\n{}\n<dialNumber>613-555-1234</dialNumber>\n{}\n{}\n{}\n{}\n{}\n<recording>false</recording>\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n{}\n<endTime>0</endTime>\n{}\n{}\n{}\n{}\n{}\n{}\n<attendees>\n{attendees}</attendees>\n<metadata>\n{metadata}</metadata>\n{breakout}{}\n",
         tag("meetingName", &m.name),
         tag("meetingID", &m.id),
         tag("internalMeetingID", &m.internal_id),
@@ -594,6 +636,7 @@ fn meeting_xml(m: &Meeting, w: &World) -> String {
         tag("attendeePW", &m.attendee_pw),
         tag("moderatorPW", &m.moderator_pw),
         tag("running", !users.is_empty()),
+        tag("duration", m.duration),
         tag("hasUserJoined", m.has_user_joined),
         tag("startTime", m.create_time),
         tag("participantCount", users.len()),
@@ -601,6 +644,7 @@ fn meeting_xml(m: &Meeting, w: &World) -> String {
         tag("voiceParticipantCount", count(&|u| !u.listen_only)),
         tag("videoCount", count(&|u| u.video)),
         tag("moderatorCount", count(&|u| u.moderator)),
+        tag("maxUsers", m.max_participants),
         tag("isBreakout", m.parent_internal_id.is_some()),
     )
 }
@@ -797,5 +841,56 @@ user = "bob"
             StatusCode::OK,
             "errors are XML with status 200, as bbb-web does"
         );
+    }
+
+    #[tokio::test]
+    async fn duration_and_max_participants_as_bbb_honours_them() {
+        let s = StandIn::new("sec".into());
+        s.virtual_clock(1_000_000, Script { event: vec![] });
+        let create = |id: &str, extra: &[(&str, &str)]| {
+            let mut q = vec![("meetingID", id), ("name", id)];
+            q.extend_from_slice(extra);
+            s.call("create", &s.signed("create", &q))
+        };
+        let (_, b) = body(create("short", &[("duration", "30"), ("maxParticipants", "2")])).await;
+        assert!(b.contains("<duration>30</duration>"), "{b}");
+        let (_, b) = body(create("open", &[])).await;
+        assert!(b.contains("<duration>0</duration>"), "{b}");
+        let join = |id: &str, user: &str| {
+            s.call(
+                "join",
+                &s.signed(
+                    "join",
+                    &[
+                        ("meetingID", id),
+                        ("fullName", user),
+                        ("userID", user),
+                        ("role", "VIEWER"),
+                        ("redirect", "false"),
+                    ],
+                ),
+            )
+        };
+        for u in ["u1", "u2"] {
+            let (_, b) = body(join("short", u)).await;
+            assert!(b.contains("SUCCESS"), "{b}");
+        }
+        let (status, b) = body(join("short", "u3")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(b.contains("<messageKey>maxParticipantsReached</messageKey>"), "{b}");
+        let (_, b) = body(join("short", "u1")).await;
+        assert!(b.contains("SUCCESS"), "a user rejoining is let in: {b}");
+        let running = |id: &'static str| {
+            let s = s.clone();
+            async move {
+                let (_, b) = body(s.call("getMeetingInfo", &s.signed("getMeetingInfo", &[("meetingID", id)]))).await;
+                !b.contains("notFound")
+            }
+        };
+        s.advance(1_000_000 + 30 * 60 - 1);
+        assert!(running("short").await, "one second before its end");
+        s.advance(1_000_000 + 30 * 60);
+        assert!(!running("short").await, "ended when its 30 minutes were up");
+        assert!(running("open").await, "no duration: runs on");
     }
 }

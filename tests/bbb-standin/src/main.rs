@@ -52,16 +52,20 @@ async fn main() -> Result<()> {
         bail!("the secret is empty");
     }
     let s = StandIn::new(secret);
-    if let Some(path) = cli.script {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let script: Script = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        match cli.virtual_clock {
-            Some(start) => s.virtual_clock(start, script),
-            None => {
-                let player = s.clone();
-                tokio::spawn(async move { player.play(script, cli.speed).await });
-            }
+    let script = match cli.script {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            Some(toml::from_str::<Script>(&text).with_context(|| format!("parsing {}", path.display()))?)
         }
+        None => None,
+    };
+    match (cli.virtual_clock, script) {
+        (Some(start), script) => s.virtual_clock(start, script.unwrap_or(Script { event: vec![] })),
+        (None, Some(script)) => {
+            let player = s.clone();
+            tokio::spawn(async move { player.play(script, cli.speed).await });
+        }
+        (None, None) => {}
     }
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
