@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use appliance_bbb::{Algorithm, checksum, encode_query};
-use appliance_e2e::{Box_, Kill, Setup, Supervisor, bin, free_port, http_get, http_post, wait_for};
+use appliance_e2e::{Box_, Kill, Setup, Supervisor, bin, free_port, http_get, http_post, repo_root, wait_for};
 
 const T: Duration = Duration::from_secs(20);
 const BBB_SECRET: &str = "bbb-own-secret-0123456789";
@@ -131,6 +131,23 @@ impl Node {
     }
 }
 
+/// A POST with a form body, as some front ends send calls.
+fn post_form(addr: SocketAddr, path: &str, form: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let r = appliance_e2e::tls::parse_response(&buf).unwrap();
+    (r.status, r.body)
+}
+
 fn secret_of(out: &str) -> String {
     let s = out
         .lines()
@@ -239,14 +256,33 @@ fn members_are_isolated_from_each_other_by_their_own_secrets() {
     let inside = n.bbb("getMeetingInfo", &[("meetingID", "coop-a~forged")]);
     assert_eq!(all(&inside, "member"), ["coop-a"], "{inside}");
 
+    // A form body is outside the checksum, and bbb-web reads parameters
+    // from it: the gateway passes none on, so it cannot make a's meeting a
+    // breakout room of b's (charged to b).
+    let parent_b = field(
+        &n.bbb("getMeetingInfo", &[("meetingID", "coop-b~room1")]),
+        "internalMeetingID",
+    )
+    .unwrap();
+    let (_, made) = post_form(
+        n.gateway,
+        &signed("create", &create("sneak"), &a, Algorithm::Sha1),
+        &format!("isBreakout=true&parentMeetingID={parent_b}&meta_Member=coop-b"),
+    );
+    assert_eq!(field(&made, "returncode").as_deref(), Some("SUCCESS"), "{made}");
+    let inside = n.bbb("getMeetingInfo", &[("meetingID", "coop-a~sneak")]);
+    assert_eq!(field(&inside, "isBreakout").as_deref(), Some("false"), "{inside}");
+    assert_eq!(all(&inside, "member"), ["coop-a"]);
+
     // Rotation: both secrets work during the overlap, the old one fails
     // after it; a revoked one fails at once.
+    let own = ["forged", "room1", "sneak"].len();
     let out = n.members(&["rotate-secret", "coop-a", "--overlap", "2s"]);
     let a2 = secret_of(&out);
-    assert_eq!(all(&n.call("getMeetings", &[], &a2).1, "meetingID").len(), 2);
+    assert_eq!(all(&n.call("getMeetings", &[], &a2).1, "meetingID").len(), own);
     assert_eq!(
         all(&n.call("getMeetings", &[], &a).1, "meetingID").len(),
-        2,
+        own,
         "the old one still works"
     );
     wait_for("the overlap to end", T, || {
@@ -255,7 +291,7 @@ fn members_are_isolated_from_each_other_by_their_own_secrets() {
             k => Err(format!("old secret still accepted ({k:?})")),
         }
     });
-    assert_eq!(all(&n.call("getMeetings", &[], &a2).1, "meetingID").len(), 2);
+    assert_eq!(all(&n.call("getMeetings", &[], &a2).1, "meetingID").len(), own);
     let out = n.members(&["rotate-secret", "coop-b", "--overlap", "1h"]);
     let b2 = secret_of(&out);
     n.members(&["revoke-secret", "coop-b", "1"]);
@@ -383,4 +419,81 @@ fn limits_refuse_rooms_and_people_and_cap_the_duration() {
     assert_eq!(n.key("getMeetingInfo", &[("meetingID", "r3")], &b), "", "b has no cap");
     // With its rooms free again, a may create.
     assert_eq!(n.key("create", &create("r4"), &a), "");
+}
+
+/// `tests/frontend`'s packages (bigbluebutton-js from npm, exactly the
+/// locked versions) installed under target/, once per lock file.
+fn frontend_modules() -> std::path::PathBuf {
+    let src = repo_root().join("tests/frontend");
+    let dir = repo_root().join("target/frontend");
+    let lock = std::fs::read(src.join("package-lock.json")).unwrap();
+    if std::fs::read(dir.join("package-lock.json")).ok().as_ref() != Some(&lock)
+        || !dir.join("node_modules/bigbluebutton-js").is_dir()
+    {
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm (scripts/test installs nodejs and npm)");
+        assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir.join("node_modules")
+}
+
+#[test]
+fn a_third_party_client_sees_only_its_members_meetings() {
+    let modules = frontend_modules();
+    let n = node();
+    let a = n.add("coop-a", &[]);
+    let b = n.add("coop-b", &[]);
+    let out = Command::new("node")
+        .arg(repo_root().join("tests/frontend/members.js"))
+        .env("NODE_PATH", &modules)
+        .env("GATEWAY", format!("http://{}/bigbluebutton", n.gateway))
+        .env("SECRET_A", &a)
+        .env("SECRET_B", &b)
+        .env("BBB_SECRET", BBB_SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = |k: &str| {
+        assert_eq!(r[k]["returncode"], "SUCCESS", "{k}: {}", r[k]);
+    };
+    let refused = |k: &str, key: &str| {
+        assert_eq!(r[k]["returncode"], "FAILED", "{k}: {}", r[k]);
+        assert_eq!(r[k]["messageKey"], key, "{k}");
+    };
+    for k in ["createA", "createB", "createBOnly"] {
+        ok(k);
+    }
+    assert_eq!(
+        r["createA"]["meetingID"], "room1",
+        "each answer names the front end's own id"
+    );
+    assert_eq!(r["createB"]["meetingID"], "room1");
+    assert_eq!(r["listA"]["meetings"], serde_json::json!(["room1"]));
+    assert_eq!(r["listB"]["meetings"], serde_json::json!(["b-only", "room1"]));
+    ok("joinOwn");
+    ok("infoOwn");
+    assert_eq!(r["infoOwn"]["participantCount"], 1);
+    refused("joinOther", "invalidMeetingIdentifier");
+    refused("infoOther", "notFound");
+    assert_eq!(r["runningOther"]["running"], false);
+    refused("endOther", "notFound");
+    refused("listShared", "checksumError");
+    assert_eq!(
+        r["listBAfter"]["meetings"],
+        serde_json::json!(["b-only", "room1"]),
+        "a's end did not reach b's meeting"
+    );
+    // Inside BBB: two meetings named room1, one per member.
+    let inside = n.bbb("getMeetings", &[]);
+    let mut ids = all(&inside, "meetingID");
+    ids.sort();
+    assert_eq!(ids, ["coop-a~room1", "coop-b~b-only", "coop-b~room1"]);
 }

@@ -96,6 +96,11 @@ async fn call(
     body: Bytes,
 ) -> Response {
     let raw = q.unwrap_or_default();
+    // A call is a word (getMeetings); anything else (a decoded `..%2F`)
+    // could reach other paths of bbb-web's server.
+    if call.is_empty() || !call.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return xml(Refusal::new("unsupportedRequest", "This request is not supported.").xml());
+    }
     let members = g.members.current();
     if members.is_empty() {
         return g.send(method, &call, &raw, &headers, body).await;
@@ -158,7 +163,9 @@ impl Gateway {
             None
         };
         let query = sign(call, &gateway::encode(&rw.params), &self.bbb_secret);
-        let resp = self.send(method, call, &query, headers, body).await;
+        let resp = self
+            .send(method, call, &query, headers, verified_body(call, headers, body))
+            .await;
         let slug = m.slug.clone();
         let call = call.to_string();
         map_xml(resp, move |b| match call.as_str() {
@@ -209,7 +216,8 @@ impl Gateway {
                 return refusal("join", &params, &r);
             }
         }
-        self.send(method, "join", raw, headers, body).await
+        self.send(method, "join", raw, headers, verified_body("join", headers, body))
+            .await
     }
 
     /// BBB's meetings now, for a limit's decision.
@@ -272,6 +280,19 @@ impl Gateway {
             Err(e) => unavailable(&e.without_url().to_string()),
         }
     }
+}
+
+/// The body a member's call may carry on to bbb-web. bbb-web also reads
+/// parameters from a form body, which no checksum covers: passed on, it
+/// would let a member smuggle in what the gateway sets itself (the member
+/// tag, a meeting id outside its own). So only create's XML document
+/// (the presentations a front end preloads) goes through.
+fn verified_body(call: &str, headers: &HeaderMap, body: Bytes) -> Bytes {
+    let xml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("xml"));
+    if call == "create" && xml { body } else { Bytes::new() }
 }
 
 /// The query with BBB's checksum, as bbb-web verifies it.

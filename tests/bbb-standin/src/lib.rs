@@ -20,6 +20,8 @@
 //!   the `Date` header as BBB's clock does.
 //! - `POST /standin/fail?on=1` makes the API answer 503, as bbb-web down
 //!   behind nginx would.
+//! - A form body of a POST adds parameters, as bbb-web's do; one that is
+//!   also in the query is a checksumError.
 //! - `duration` and `maxParticipants` are honoured as BBB does: a meeting
 //!   ends (with its breakout rooms) when its minutes are up on the
 //!   stand-in's clock, and a join beyond `maxParticipants` gets
@@ -219,6 +221,13 @@ impl StandIn {
     /// Applies a call to the world and returns the XML body (or redirect),
     /// with BBB's `Date` header.
     pub fn call(&self, call: &str, raw_query: &str) -> Response {
+        self.call_with_form(call, raw_query, "")
+    }
+
+    /// A call whose POST body is a form: bbb-web reads parameters from
+    /// there too, outside the checksum (which covers the query), and
+    /// refuses one that is in both.
+    pub fn call_with_form(&self, call: &str, raw_query: &str, form: &str) -> Response {
         *self
             .calls
             .lock()
@@ -243,7 +252,7 @@ impl StandIn {
         let mut r = if c.failing {
             (StatusCode::SERVICE_UNAVAILABLE, "502 Bad Gateway\n").into_response()
         } else {
-            self.call_inner(call, raw_query)
+            self.call_form(call, raw_query, form)
         };
         drop(c);
         if let Ok(v) = header::HeaderValue::from_str(&date) {
@@ -253,10 +262,20 @@ impl StandIn {
     }
 
     fn call_inner(&self, call: &str, raw_query: &str) -> Response {
+        self.call_form(call, raw_query, "")
+    }
+
+    fn call_form(&self, call: &str, raw_query: &str, form: &str) -> Response {
         if !appliance_bbb::verify(call, raw_query, &self.secret, &Algorithm::ALL) {
             return xml(failed("checksumError", "Checksums do not match"));
         }
-        let p = params(raw_query);
+        let mut p = params(raw_query);
+        for (k, v) in params(form) {
+            if p.contains_key(&k) {
+                return xml(failed("checksumError", "Checksums do not match"));
+            }
+            p.insert(k, v);
+        }
         match call {
             "create" => self.create(&p),
             "join" => self.join(&p),
@@ -653,8 +672,23 @@ async fn version() -> Response {
     xml("<response>\n<returncode>SUCCESS</returncode>\n<version>2.0</version>\n<apiVersion>2.0</apiVersion>\n<bbbVersion>3.0 stand-in</bbbVersion>\n</response>".to_string())
 }
 
-async fn api(State(s): State<StandIn>, Path(call): Path<String>, RawQuery(q): RawQuery) -> Response {
-    s.call(&call, q.as_deref().unwrap_or(""))
+async fn api(
+    State(s): State<StandIn>,
+    Path(call): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = if form {
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        String::new()
+    };
+    s.call_with_form(&call, q.as_deref().unwrap_or(""), &form)
 }
 
 async fn leave(State(s): State<StandIn>, RawQuery(q): RawQuery) -> Response {
