@@ -276,6 +276,7 @@ fn admin_page_in_chromium() {
             ("/hardware?window=week", "hardware-week"),
             ("/services", "services"),
             ("/meetings", "meetings"),
+            ("/members", "members"),
             ("/logs", "logs"),
             ("/updates", "updates"),
             ("/enrollment", "enrollment"),
@@ -401,5 +402,5 @@ fn admin_page_in_chromium() {
     br.wait_url(&format!("{base}/login"));
 
     let n = fs::read_dir(&shots).unwrap().count();
-    assert_eq!(n, 2 + 2 * 10 * 2 + 2, "screenshots in {}", shots.display());
+    assert_eq!(n, 2 + 2 * 11 * 2 + 2, "screenshots in {}", shots.display());
 }

@@ -34,6 +34,7 @@ const LINKS: &[(&str, &str)] = &[
     ("/hardware", "Hardware"),
     ("/services", "Services"),
     ("/meetings", "Meetings"),
+    ("/members", "Members"),
     ("/logs", "Logs"),
     ("/updates", "Updates"),
     ("/enrollment", "Enrollment"),
@@ -845,6 +846,83 @@ struct Settings<'a> {
     ssh_keys: Vec<(String, String, String, String, String)>,
     msg: Option<&'a str>,
     rules: String,
+}
+
+/// A member as the Members page shows it: limits beside what it uses now.
+struct MemberRow {
+    slug: String,
+    name: String,
+    /// (what, in use now, limit) with "-" for no limit.
+    uses: Vec<(&'static str, String, String)>,
+    /// Secret ids, with the end of an overlap.
+    secrets: Vec<String>,
+    participants: String,
+    rooms: String,
+    duration: String,
+}
+
+#[derive(Template)]
+#[template(path = "members.html")]
+struct Members<'a> {
+    nav: Nav,
+    rows: Vec<MemberRow>,
+    msg: Option<&'a str>,
+    /// (member, secret) just made: shown in this answer only.
+    new_secret: Option<(&'a str, &'a str)>,
+    bbb_note: String,
+}
+
+pub fn members(
+    s: &Session,
+    st: &Status,
+    list: &[appliance_members::MemberView],
+    msg: Option<&str>,
+    new_secret: Option<(&str, &str)>,
+) -> String {
+    let opt = |v: Option<u32>| v.map_or("-".to_string(), |n| n.to_string());
+    let field = |v: Option<u32>| v.map_or(String::new(), |n| n.to_string());
+    let live = st.bbb.as_ref().filter(|b| b.up);
+    let bbb_note = match &st.bbb {
+        None => "BigBlueButton is not configured on this node: nothing is in use.".to_string(),
+        Some(b) if !b.up => "BigBlueButton does not answer: what is in use now is unknown.".to_string(),
+        Some(_) => String::new(),
+    };
+    let rows = list
+        .iter()
+        .map(|m| {
+            let mine = || live.into_iter().flat_map(|b| &b.list).filter(|x| x.member == m.slug);
+            let rooms = mine().filter(|x| !x.breakout).count();
+            let people: u32 = mine().map(|x| x.participants).sum();
+            let unknown = live.is_none();
+            let now = |n: String| if unknown { "?".to_string() } else { n };
+            MemberRow {
+                slug: m.slug.clone(),
+                name: m.name.clone(),
+                uses: vec![
+                    ("participants", now(people.to_string()), opt(m.limits.participants)),
+                    ("rooms", now(rooms.to_string()), opt(m.limits.rooms)),
+                ],
+                secrets: m
+                    .secrets
+                    .iter()
+                    .map(|x| match x.expires {
+                        Some(e) => format!("{} (until {})", x.id, datetime(e as f64)),
+                        None => x.id.to_string(),
+                    })
+                    .collect(),
+                participants: field(m.limits.participants),
+                rooms: field(m.limits.rooms),
+                duration: field(m.limits.duration_minutes),
+            }
+        })
+        .collect();
+    render(Members {
+        nav: nav(s, st, "/members"),
+        rows,
+        msg,
+        new_secret,
+        bbb_note,
+    })
 }
 
 pub fn settings(

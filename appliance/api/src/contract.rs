@@ -45,6 +45,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds or removes a key, turns SSH on or off; `by` is the account
     /// that asked. The answer is a sentence.
     fn ssh_action(&self, action: SshAction, by: String) -> BoxFuture<'_, Result<String, ActionError>>;
+    /// The member organisations, without their secrets.
+    fn members(&self) -> Vec<appliance_members::MemberView>;
+    /// A change to the members; the outcome carries a new secret, once.
+    fn members_action(&self, action: appliance_members::Action) -> Result<appliance_members::Outcome, ActionError>;
 }
 
 /// SSH as the Settings page shows it.

@@ -15,6 +15,12 @@ use crate::state::{Shared, lock};
 
 pub struct Backend(pub Arc<Shared>);
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 impl appliance_api::Backend for Backend {
     fn metrics(&self) -> String {
         metrics::render(&self.0.status(), metrics::ProcessStats::current())
@@ -46,6 +52,14 @@ impl appliance_api::Backend for Backend {
 
     fn ssh_action(&self, action: appliance_api::SshAction, by: String) -> BoxFuture<'_, Result<String, ActionError>> {
         Box::pin(async move { crate::ssh::act(&self.0.state_dir, action, &by).await })
+    }
+
+    fn members(&self) -> Vec<appliance_members::MemberView> {
+        self.0.members.current().views(unix_now())
+    }
+
+    fn members_action(&self, action: appliance_members::Action) -> Result<appliance_members::Outcome, ActionError> {
+        self.0.members.act(&action, unix_now())
     }
 
     fn service_action(&self, name: String, action: ServiceAction) -> BoxFuture<'_, Result<String, ActionError>> {

@@ -50,6 +50,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/settings/password", post(change_password))
         .route("/settings/certificate", post(install_certificate))
         .route("/settings/ssh", post(ssh_form))
+        .route("/members", get(members_page).post(members_form))
         .route("/support-bundle", get(support_bundle))
         .route("/api/v1/session", get(api_session))
         .route("/api/v1/status", get(api_status))
@@ -84,6 +85,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/settings/password"),
     ("POST", "/settings/certificate"),
     ("POST", "/settings/ssh"),
+    ("GET", "/members"),
+    ("POST", "/members"),
     ("GET", "/support-bundle"),
     ("POST", "/logout"),
     ("GET", "/api/v1/session"),

@@ -384,6 +384,132 @@ pub(super) async fn ssh_form(ctx: Ctx, State(st): State<AdminState>, Form(f): Fo
     Redirect::to(&format!("/settings?{q}")).into_response()
 }
 
+pub(super) async fn members_page(
+    ctx: Ctx,
+    State(st): State<AdminState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = viewer!(ctx, st);
+    Html(views::members(
+        &s,
+        &st.backend.status(),
+        &st.backend.members(),
+        q.get("msg").map(String::as_str),
+        None,
+    ))
+    .into_response()
+}
+
+/// The members form: one `action` (add, set, rotate, revoke, remove) and
+/// its fields; a limit left empty is "no limit".
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct MembersForm {
+    csrf: Option<String>,
+    action: String,
+    slug: String,
+    name: String,
+    participants: String,
+    rooms: String,
+    duration_minutes: String,
+    /// Days the current secrets keep working after a rotation.
+    overlap_days: String,
+    secret: String,
+    confirm: String,
+}
+
+fn optional_number(field: &str, v: &str) -> Result<Option<u32>, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<u32>()
+        .map(Some)
+        .map_err(|_| format!("{field}: {v:?} is not a whole number (leave it empty for no limit)"))
+}
+
+impl MembersForm {
+    fn action(&self) -> Result<appliance_members::Action, String> {
+        use appliance_members::{Action, Limits};
+        let limits = || -> Result<Limits, String> {
+            Ok(Limits {
+                participants: optional_number("participants", &self.participants)?,
+                rooms: optional_number("rooms", &self.rooms)?,
+                duration_minutes: optional_number("longest meeting", &self.duration_minutes)?,
+            })
+        };
+        let slug = self.slug.trim().to_string();
+        Ok(match self.action.as_str() {
+            "add" => Action::Add {
+                slug,
+                name: self.name.clone(),
+                limits: limits()?,
+            },
+            "set" => Action::Set {
+                slug,
+                name: Some(self.name.clone()).filter(|n| !n.trim().is_empty()),
+                limits: Some(limits()?),
+            },
+            "rotate" => {
+                let days = optional_number("overlap", &self.overlap_days)?.unwrap_or(7);
+                Action::RotateSecret {
+                    slug,
+                    overlap_secs: i64::from(days) * 86_400,
+                }
+            }
+            "revoke" => Action::RevokeSecret {
+                slug,
+                id: optional_number("secret", &self.secret)?.ok_or("which secret?")?,
+            },
+            "remove" if self.confirm == "yes" => Action::Remove { slug },
+            "remove" => return Err("tick the box to confirm: the member's front end stops at once".into()),
+            _ => return Err("unknown members action".into()),
+        })
+    }
+}
+
+pub(super) async fn members_form(ctx: Ctx, State(st): State<AdminState>, Form(f): Form<MembersForm>) -> Response {
+    let s = match ctx.operator(&st, f.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let back = |msg: &str| {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("msg", msg)
+            .finish();
+        Redirect::to(&format!("/members?{q}")).into_response()
+    };
+    let action = match f.action() {
+        Ok(a) => a,
+        Err(e) => return back(&e),
+    };
+    let res = st.backend.members_action(action.clone());
+    let outcome = match &res {
+        Ok(o) => format!("ok: {}", o.message),
+        Err(e) => e.to_string(),
+    };
+    ctx.audit(&st, &s.user, action.verb(), action.slug(), &outcome);
+    match res {
+        // A new secret is shown in this answer only: never in a URL (a
+        // redirect's would sit in the history), never stored by the browser.
+        Ok(o) if o.secret.is_some() => {
+            let mut r = Html(views::members(
+                &s,
+                &st.backend.status(),
+                &st.backend.members(),
+                Some(&o.message),
+                o.secret.as_deref().map(|secret| (action.slug(), secret)),
+            ))
+            .into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Ok(o) => back(&o.message),
+        Err(e) => back(&e.to_string()),
+    }
+}
+
 pub(super) async fn support_bundle(ctx: Ctx, State(st): State<AdminState>) -> Response {
     let s = viewer!(ctx, st);
     if s.role != Role::Operator {

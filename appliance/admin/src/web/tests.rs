@@ -16,6 +16,33 @@ struct Fake {
 }
 
 impl Backend for Fake {
+    fn members(&self) -> Vec<appliance_members::MemberView> {
+        vec![appliance_members::MemberView {
+            slug: "coop-a".into(),
+            name: "Co-op A".into(),
+            limits: appliance_members::Limits {
+                participants: Some(50),
+                rooms: None,
+                duration_minutes: Some(240),
+            },
+            secrets: vec![appliance_members::SecretView {
+                id: 1,
+                created: 0,
+                expires: None,
+            }],
+            added: 0,
+        }]
+    }
+    fn members_action(&self, action: appliance_members::Action) -> Result<appliance_members::Outcome, ActionError> {
+        self.actions
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", action.verb(), action.slug()));
+        Ok(appliance_members::Outcome {
+            message: format!("{} {}: done", action.verb(), action.slug()),
+            secret: matches!(action, appliance_members::Action::Add { .. }).then(|| "s3cret-shown-once".to_string()),
+        })
+    }
     fn metrics(&self) -> String {
         "m 1\n".into()
     }
@@ -495,6 +522,77 @@ async fn ssh_changes_are_the_operators_and_audited() {
         !audit.contains("AAAA"),
         "the audit log names keys, never carries them: {audit}"
     );
+}
+
+/// Members: the viewer reads them, the operator changes them; a new
+/// secret is shown in the answer only (never in a URL, never cached) and
+/// never reaches the audit log.
+#[tokio::test]
+async fn members_are_the_operators_and_a_new_secret_is_shown_once() {
+    let app = app(true);
+    let (vtok, vcsrf) = login_as(&app, "viewer");
+    let (_, _, page) = send(&app, "GET", "/members", Some(&vtok), "", &[]).await;
+    assert!(
+        page.contains("coop-a") && page.contains("participants ? / 50"),
+        "{page}"
+    );
+    assert!(!page.contains("Add member"), "no forms for the viewer");
+    let add = form(&[("csrf", &vcsrf), ("action", "add"), ("slug", "coop-b"), ("name", "B")]);
+    assert_eq!(
+        send(&app, "POST", "/members", Some(&vtok), &add, &[]).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (tok, csrf) = login_as(&app, "operator");
+    let (_, _, page) = send(&app, "GET", "/members", Some(&tok), "", &[]).await;
+    assert!(page.contains("Add member") && page.contains("value=\"240\""), "{page}");
+    let add = form(&[
+        ("csrf", &csrf),
+        ("action", "add"),
+        ("slug", "coop-b"),
+        ("name", "B"),
+        ("rooms", "3"),
+    ]);
+    let (status, headers, page) = send(&app, "POST", "/members", Some(&tok), &add, &[]).await;
+    assert_eq!(status, StatusCode::OK, "answered, not redirected: {page}");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert!(page.contains("id=\"secret-value\">s3cret-shown-once<"), "{page}");
+    let (_, _, again) = send(&app, "GET", "/members", Some(&tok), "", &[]).await;
+    assert!(!again.contains("s3cret-shown-once"), "shown once");
+    // A limit that is not a number, and a removal without the tick: said,
+    // nothing done.
+    let bad = form(&[
+        ("csrf", &csrf),
+        ("action", "set"),
+        ("slug", "coop-a"),
+        ("rooms", "many"),
+    ]);
+    let (status, headers, _) = send(&app, "POST", "/members", Some(&tok), &bad, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location(&headers).contains("not+a+whole+number"),
+        "{}",
+        location(&headers)
+    );
+    let rm = form(&[("csrf", &csrf), ("action", "remove"), ("slug", "coop-a")]);
+    let (_, headers, _) = send(&app, "POST", "/members", Some(&tok), &rm, &[]).await;
+    assert!(location(&headers).contains("confirm"), "{}", location(&headers));
+    let rm = form(&[
+        ("csrf", &csrf),
+        ("action", "remove"),
+        ("slug", "coop-a"),
+        ("confirm", "yes"),
+    ]);
+    send(&app, "POST", "/members", Some(&tok), &rm, &[]).await;
+    assert_eq!(
+        *app.backend.actions.lock().unwrap(),
+        ["add member coop-b", "remove member coop-a"]
+    );
+    let (_, _, audit) = send(&app, "GET", "/api/v1/audit", Some(&tok), "", &[]).await;
+    assert!(
+        audit.contains("add member") && audit.contains("remove member"),
+        "{audit}"
+    );
+    assert!(!audit.contains("s3cret-shown-once"), "{audit}");
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {
