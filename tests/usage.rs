@@ -850,6 +850,179 @@ fn a_scripted_day_is_counted_exactly() {
     assert!(text.contains("coop-a") && text.contains("unassigned"), "{text}");
 }
 
+/// The same day, made by the members' own front ends through the node's
+/// BBB API gateway, each with its own secret: create, join and end signed
+/// by the member; breakout rooms made and joined by BBB itself (its own
+/// secret, through the gateway as its join links go); the meeting nobody
+/// tagged is made by coop-c's front end, which tags it as coop-a's. Ops's
+/// `usage --month --csv` must equal the ground truth in which every
+/// meeting belongs to the member whose secret made it.
+#[test]
+fn a_day_through_the_gateway_is_charged_to_the_secret_not_the_tag() {
+    use appliance_bbb::{Algorithm, checksum, encode_query};
+    let gw_port = free_port();
+    let gateway: SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
+    let gateway_conf = format!("\n[gateway]\nlisten = \"{gateway}\"\n");
+    let w = world_with(Scenario {
+        state_dir: None,
+        start: DAY_START,
+        events: vec![],
+        usage: &gateway_conf,
+    });
+    wait_for("the gateway", T, || http_get(gateway, "/bigbluebutton/api").map(|_| ()));
+    let mut secrets: BTreeMap<&str, String> = BTreeMap::new();
+    for m in ["coop-a", "coop-b", "coop-c"] {
+        let out = w.node.cli(&["members", "add", m, "--name", m]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let secret = text.lines().find_map(|l| l.strip_prefix("secret: ")).unwrap();
+        secrets.insert(m, secret.to_string());
+    }
+    let events = in_seconds(&day());
+    // Who makes each main meeting, and the truth that follows from it.
+    let maker = |member: Option<&'static str>| member.unwrap_or("coop-c");
+    let truth_events: Vec<(i64, Ev)> = events
+        .iter()
+        .map(|(t, e)| match e {
+            Ev::Create {
+                id,
+                member,
+                parent: None,
+            } => (
+                *t,
+                Ev::Create {
+                    id,
+                    member: Some(maker(*member)),
+                    parent: None,
+                },
+            ),
+            e => (*t, e.clone()),
+        })
+        .collect();
+    let signed = |call: &str, params: &[(&str, &str)], secret: &str| {
+        let q = encode_query(params);
+        format!(
+            "/bigbluebutton/api/{call}?{q}&checksum={}",
+            checksum(Algorithm::Sha1, call, &q, secret)
+        )
+    };
+    let answer_ok = |addr: SocketAddr, path: String, what: &str| {
+        let (status, body) = http_get(addr, &path).unwrap();
+        assert!(status == 200 && body.contains("SUCCESS"), "{what}: {status} {body}");
+        body
+    };
+    // meeting id -> (member, parent) as the events made them.
+    let mut owner: BTreeMap<&str, (&str, Option<&str>)> = BTreeMap::new();
+    let scoped = |owner: &BTreeMap<&str, (&str, Option<&str>)>, id: &str| -> String {
+        match owner[id] {
+            (m, None) => format!("{m}~{id}"),
+            (_, Some(_)) => id.to_string(),
+        }
+    };
+    for k in 1..=STEPS {
+        let t = DAY_START + k * STEP;
+        w.bbb.post(&format!("/standin/advance?to={t}"));
+        // Within a step, what goes away first: a poll in the middle then
+        // sees no more people than before or after the step.
+        let mut now: Vec<&Ev> = events
+            .iter()
+            .filter(|(at, _)| *at == k * STEP)
+            .map(|(_, e)| e)
+            .collect();
+        now.sort_by_key(|e| match e {
+            Ev::Leave { .. } | Ev::End { .. } => 0,
+            Ev::Create { .. } => 1,
+            Ev::Join { .. } => 2,
+        });
+        for e in now {
+            match e {
+                Ev::Create {
+                    id,
+                    member,
+                    parent: None,
+                } => {
+                    let m = maker(*member);
+                    owner.insert(id, (m, None));
+                    let mut p = vec![("meetingID", *id), ("name", *id)];
+                    if member.is_none() {
+                        p.push(("meta_member", "coop-a"));
+                    }
+                    answer_ok(gateway, signed("create", &p, &secrets[m]), id);
+                }
+                Ev::Create {
+                    id,
+                    parent: Some(parent),
+                    ..
+                } => {
+                    let (m, _) = owner[parent];
+                    owner.insert(id, (m, Some(parent)));
+                    let info = answer_ok(
+                        w.bbb.addr,
+                        signed("getMeetingInfo", &[("meetingID", &format!("{m}~{parent}"))], SECRET),
+                        parent,
+                    );
+                    let internal = info
+                        .split("<internalMeetingID>")
+                        .nth(1)
+                        .and_then(|x| x.split('<').next())
+                        .unwrap()
+                        .to_string();
+                    let p = [
+                        ("meetingID", *id),
+                        ("name", *id),
+                        ("isBreakout", "true"),
+                        ("parentMeetingID", internal.as_str()),
+                    ];
+                    answer_ok(w.bbb.addr, signed("create", &p, SECRET), id);
+                }
+                Ev::Join { id, user } => {
+                    let p = [
+                        ("meetingID", *id),
+                        ("fullName", user.as_str()),
+                        ("userID", user.as_str()),
+                        ("role", "VIEWER"),
+                        ("redirect", "false"),
+                    ];
+                    let secret = match owner[id] {
+                        (m, None) => secrets[m].as_str(),
+                        (_, Some(_)) => SECRET,
+                    };
+                    answer_ok(gateway, signed("join", &p, secret), id);
+                }
+                Ev::Leave { id, user } => {
+                    let q = encode_query(&[("meetingID", &scoped(&owner, id)), ("userID", user)]);
+                    w.bbb.post(&format!("/standin/leave?{q}"));
+                }
+                Ev::End { id } => match owner[id] {
+                    (m, None) => {
+                        answer_ok(gateway, signed("end", &[("meetingID", id)], &secrets[m]), id);
+                    }
+                    (_, Some(_)) => {
+                        answer_ok(w.bbb.addr, signed("end", &[("meetingID", id)], SECRET), id);
+                    }
+                },
+            }
+        }
+        // Counted only now: the gateway made no getMeetings since, so the
+        // next one is the supervisor's poll, which sees this step whole.
+        let before = w.bbb.polls();
+        wait_for(&format!("a poll at {t}"), T, || {
+            if w.bbb.polls() > before {
+                Ok(())
+            } else {
+                Err("no poll yet".into())
+            }
+        });
+    }
+    let want = truth(&truth_events, &[], &[]);
+    assert_eq!(
+        want.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["coop-a", "coop-b", "coop-c"],
+        "nothing unassigned: every meeting is its maker's"
+    );
+    w.wait_for_usage("2026-11", &want);
+}
+
 #[test]
 fn ops_down_for_a_stretch() {
     let mut w = world(None);
