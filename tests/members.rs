@@ -491,9 +491,38 @@ fn a_third_party_client_sees_only_its_members_meetings() {
         serde_json::json!(["b-only", "room1"]),
         "a's end did not reach b's meeting"
     );
-    // Inside BBB: two meetings named room1, one per member.
+    // Inside BBB: two meetings named room1, one per member (b-only still
+    // runs; both room1 ended into recordings).
     let inside = n.bbb("getMeetings", &[]);
-    let mut ids = all(&inside, "meetingID");
-    ids.sort();
-    assert_eq!(ids, ["coop-a~room1", "coop-b~b-only", "coop-b~room1"]);
+    assert_eq!(all(&inside, "meetingID"), ["coop-b~b-only"]);
+    ok("endA");
+    ok("endB");
+    // Recordings: each sees its own, under its own meeting id.
+    for (k, count) in [("recA", 1), ("recB", 1)] {
+        ok(k);
+        let list = r[k]["recordings"].as_array().unwrap();
+        assert_eq!(list.len(), count, "{k}: {}", r[k]);
+        assert_eq!(list[0]["meetingID"], "room1", "{k}");
+    }
+    assert_ne!(
+        r["recA"]["recordings"][0]["recordID"],
+        r["recB"]["recordings"][0]["recordID"]
+    );
+    assert_eq!(
+        r["recAOfB"]["messageKey"], "noRecordings",
+        "b's recording by its id: {}",
+        r["recAOfB"]
+    );
+    refused("publishOther", "notFound");
+    refused("updateOther", "notFound");
+    refused("deleteOther", "notFound");
+    ok("publishOwn");
+    assert_eq!(r["recAAfter"]["recordings"][0]["published"], false);
+    assert_eq!(
+        r["recBAfter"]["recordings"][0]["published"], true,
+        "b's recording untouched: {}",
+        r["recBAfter"]
+    );
+    let recs = all(&n.bbb("getRecordings", &[]), "recordID");
+    assert_eq!(recs.len(), 2, "nothing deleted");
 }

@@ -25,13 +25,26 @@ function summary(r) {
   }
 }
 
+function recordings(r) {
+  const list = Array.isArray(r.recordings) ? r.recordings : []
+  return {
+    returncode: r.returncode,
+    messageKey: r.messageKey || '',
+    recordings: list.map((x) => ({
+      recordID: String(x.recordID),
+      meetingID: String(x.meetingID),
+      published: x.published,
+    })),
+  }
+}
+
 async function call(url) {
   return summary(await bbb.http(url))
 }
 
 async function main() {
   const out = {}
-  const pw = { attendeePW: 'ap', moderatorPW: 'mp' }
+  const pw = { attendeePW: 'ap', moderatorPW: 'mp', record: 'true' }
   out.createA = await call(a.administration.create('Board A', 'room1', pw))
   out.createB = await call(b.administration.create('Board B', 'room1', pw))
   out.createBOnly = await call(b.administration.create('B only', 'b-only', pw))
@@ -45,6 +58,22 @@ async function main() {
   out.endOther = await call(a.administration.end('b-only', 'mp'))
   out.listShared = await call(shared.monitoring.getMeetings())
   out.listBAfter = await call(b.monitoring.getMeetings())
+  // Recordings: each member's own, and hands off the other's.
+  out.endA = await call(a.administration.end('room1', 'mp'))
+  out.endB = await call(b.administration.end('room1', 'mp'))
+  const ra = await bbb.http(a.recording.getRecordings({}))
+  const rb = await bbb.http(b.recording.getRecordings({ meetingID: 'room1' }))
+  out.recA = recordings(ra)
+  out.recB = recordings(rb)
+  const bRec = String(rb.recordings[0].recordID)
+  const aRec = String(ra.recordings[0].recordID)
+  out.recAOfB = recordings(await bbb.http(a.recording.getRecordings({ recordID: bRec })))
+  out.publishOther = await call(a.recording.publishRecordings(bRec, false))
+  out.updateOther = await call(a.recording.updateRecordings(bRec, { 'meta_gl-listed': 'false' }))
+  out.deleteOther = await call(a.recording.deleteRecordings(bRec))
+  out.publishOwn = await call(a.recording.publishRecordings(aRec, false))
+  out.recAAfter = recordings(await bbb.http(a.recording.getRecordings({})))
+  out.recBAfter = recordings(await bbb.http(b.recording.getRecordings({})))
   console.log(JSON.stringify(out, null, 1))
 }
 

@@ -125,7 +125,15 @@ pub const CALLS: &[&str] = &[
     "isMeetingRunning",
     "getMeetingInfo",
     "getMeetings",
+    "getRecordings",
+    "publishRecordings",
+    "deleteRecordings",
+    "updateRecordings",
 ];
+
+/// The recording calls that change recordings: each named recording must
+/// be the member's.
+pub const RECORDING_CHANGES: &[&str] = &["publishRecordings", "deleteRecordings", "updateRecordings"];
 
 /// A member's call as bbb-web gets it (before signing with BBB's secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +176,11 @@ pub fn rewrite(
     let mut max_people = None;
     for (k, v) in params {
         match k.as_str() {
+            // getRecordings takes a comma list of meeting ids.
+            "meetingID" if call == "getRecordings" => {
+                let ids: Result<Vec<String>, Refusal> = v.split(',').map(|id| scope(slug, id)).collect();
+                out.push((k, ids?.join(",")));
+            }
             "meetingID" => {
                 let s = scope(slug, &v)?;
                 meeting = Some(s.clone());
@@ -176,7 +189,7 @@ pub fn rewrite(
             "duration" if call == "create" => duration = Some(v.trim().parse::<u32>().unwrap_or(0)),
             "maxParticipants" if call == "create" => max_people = Some(v.trim().parse::<u32>().unwrap_or(0)),
             "isBreakout" | "parentMeetingID" | "voiceBridge" if call == "create" => {}
-            _ if call == "create" && k.eq_ignore_ascii_case(&tag) => {}
+            _ if matches!(call, "create" | "updateRecordings") && k.eq_ignore_ascii_case(&tag) => {}
             _ => out.push((k, v)),
         }
     }
@@ -208,7 +221,11 @@ pub fn unscope_response(body: &str, slug: &str) -> String {
     };
     let prefix = format!("{slug}{SEP}");
     let mut cuts: Vec<std::ops::Range<usize>> = Vec::new();
-    for n in doc.descendants().filter(|n| n.has_tag_name("meetingID")) {
+    // `meetingId` is how BBB names it in a recording's metadata.
+    for n in doc
+        .descendants()
+        .filter(|n| n.has_tag_name("meetingID") || n.has_tag_name("meetingId"))
+    {
         if let Some(t) = n.first_child().filter(|c| c.is_text()) {
             let r = t.range();
             if body[r.clone()].starts_with(&prefix) {
@@ -247,6 +264,69 @@ pub fn filter_meetings(body: &str, slug: &str) -> String {
     }
     unscope_response(&splice(body, &drop), slug)
 }
+
+/// A getRecordings answer with only the member's recordings, ids
+/// unscoped; `noRecordings` as BBB says it when none is left. (A recording
+/// named by recordID is BBB's to find; whose it is, is ours to check.)
+pub fn filter_recordings(body: &str, slug: &str) -> String {
+    let Ok(doc) = roxmltree::Document::parse(body) else {
+        return body.to_string();
+    };
+    let Some(list) = doc.root_element().children().find(|n| n.has_tag_name("recordings")) else {
+        return body.to_string();
+    };
+    let mut drop = Vec::new();
+    let mut kept = 0;
+    for r in list.children().filter(|n| n.has_tag_name("recording")) {
+        let mid = r
+            .children()
+            .find(|c| c.has_tag_name("meetingID"))
+            .and_then(|c| c.text())
+            .unwrap_or("");
+        if owner_of(mid.trim()) == Some(slug) {
+            kept += 1;
+        } else {
+            drop.push(r.range());
+        }
+    }
+    if kept == 0 {
+        return NO_RECORDINGS.to_string();
+    }
+    unscope_response(&splice(body, &drop), slug)
+}
+
+/// Whether every recording in a getRecordings answer for `ids` was found
+/// and is the member's: what a publish, update or delete may act on.
+pub fn recordings_owned(body: &str, slug: &str, ids: &[&str]) -> bool {
+    let Ok(doc) = roxmltree::Document::parse(body) else {
+        return false;
+    };
+    let text = |n: roxmltree::Node<'_, '_>, name: &str| -> String {
+        n.children()
+            .find(|c| c.has_tag_name(name))
+            .and_then(|c| c.text())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let found: Vec<(String, String)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("recording"))
+        .map(|r| (text(r, "recordID"), text(r, "meetingID")))
+        .collect();
+    !ids.is_empty()
+        && ids
+            .iter()
+            .all(|id| found.iter().any(|(r, m)| r == id && owner_of(m) == Some(slug)))
+}
+
+/// What BBB answers for recordings it cannot find.
+pub fn no_such_recordings() -> Refusal {
+    Refusal::new("notFound", "We could not find recordings")
+}
+
+/// bbb-web's getRecordings answer when there are none.
+pub const NO_RECORDINGS: &str = "<response>\n<returncode>SUCCESS</returncode>\n<recordings></recordings>\n<messageKey>noRecordings</messageKey>\n<message>There are no recordings for the meeting(s).</message>\n</response>";
 
 /// bbb-web's getMeetings answer when nothing runs.
 pub const NO_MEETINGS: &str = "<response>\n<returncode>SUCCESS</returncode>\n<meetings/>\n<messageKey>noMeetings</messageKey>\n<message>no meetings were found on this server</message>\n</response>";
@@ -432,6 +512,51 @@ mod tests {
         assert_eq!(
             filter_meetings("<html>bad gateway</html>", "coop-a"),
             "<html>bad gateway</html>"
+        );
+    }
+
+    const RECORDINGS: &str = "<response>\n<returncode>SUCCESS</returncode>\n<recordings>\n<recording>\n<recordID>r1</recordID>\n<meetingID>coop-a~room</meetingID>\n<metadata>\n<meetingId>coop-a~room</meetingId>\n<member>coop-a</member>\n</metadata>\n</recording>\n<recording>\n<recordID>r2</recordID>\n<meetingID>coop-b~room</meetingID>\n<metadata>\n<meetingId>coop-b~room</meetingId>\n</metadata>\n</recording>\n</recordings>\n</response>";
+
+    #[test]
+    fn recordings_are_each_members_own() {
+        let a = filter_recordings(RECORDINGS, "coop-a");
+        assert!(a.contains("<recordID>r1</recordID>") && !a.contains("r2"), "{a}");
+        assert!(
+            a.contains("<meetingID>room</meetingID>") && a.contains("<meetingId>room</meetingId>"),
+            "{a}"
+        );
+        assert_eq!(filter_recordings(RECORDINGS, "coop-c"), NO_RECORDINGS);
+        assert!(recordings_owned(RECORDINGS, "coop-a", &["r1"]));
+        assert!(
+            !recordings_owned(RECORDINGS, "coop-a", &["r1", "r2"]),
+            "one of them is b's"
+        );
+        assert!(!recordings_owned(RECORDINGS, "coop-a", &["r3"]), "not there");
+        assert!(!recordings_owned(RECORDINGS, "coop-a", &[]));
+        let r = rewrite(
+            "getRecordings",
+            pairs("meetingID=x1,y1&meta_member=coop-b"),
+            "coop-a",
+            "member",
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            encode(&r.params),
+            "meetingID=coop-a%7Ex1%2Ccoop-a%7Ey1&meta_member=coop-b"
+        );
+        let r = rewrite(
+            "updateRecordings",
+            pairs("recordID=r1&meta_Member=coop-b&meta_gl-listed=true"),
+            "coop-a",
+            "member",
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            encode(&r.params),
+            "recordID=r1&meta_gl-listed=true",
+            "the tag is not the member's to change"
         );
     }
 

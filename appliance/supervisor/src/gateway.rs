@@ -162,6 +162,31 @@ impl Gateway {
         } else {
             None
         };
+        // Publishing, changing or deleting a recording: each one named must
+        // be there and be the member's.
+        if gateway::RECORDING_CHANGES.contains(&call) {
+            let ids = rw
+                .params
+                .iter()
+                .find(|(k, _)| k == "recordID")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let ids: Vec<&str> = ids.split(',').filter(|i| !i.is_empty()).collect();
+            if ids.is_empty() {
+                return xml(Refusal::new("missingParamRecordID", "You must specify one or more a record IDs.").xml());
+            }
+            let found = match self
+                .bbb_get("getRecordings", &[("recordID".into(), ids.join(","))])
+                .await
+            {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            if !gateway::recordings_owned(&found, &m.slug, &ids) {
+                log::info!("gateway: {call} for member {} refused: not its recordings", m.slug);
+                return xml(gateway::no_such_recordings().xml());
+            }
+        }
         let query = sign(call, &gateway::encode(&rw.params), &self.bbb_secret);
         let resp = self
             .send(method, call, &query, headers, verified_body(call, headers, body))
@@ -170,6 +195,7 @@ impl Gateway {
         let call = call.to_string();
         map_xml(resp, move |b| match call.as_str() {
             "getMeetings" => gateway::filter_meetings(b, &slug),
+            "getRecordings" => gateway::filter_recordings(b, &slug),
             _ => gateway::unscope_response(b, &slug),
         })
         .await
@@ -222,18 +248,23 @@ impl Gateway {
 
     /// BBB's meetings now, for a limit's decision.
     async fn live(&self) -> Result<Vec<appliance_bbb::Meeting>, Response> {
+        let body = self.bbb_get("getMeetings", &[]).await?;
+        appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| unavailable(&e.to_string()))
+    }
+
+    /// A call of the gateway's own to bbb-web, signed with BBB's secret.
+    async fn bbb_get(&self, call: &str, params: &[(String, String)]) -> Result<String, Response> {
         let url = format!(
-            "{}/getMeetings?{}",
+            "{}/{call}?{}",
             self.bbb_url,
-            sign("getMeetings", "", &self.bbb_secret)
+            sign(call, &gateway::encode(params), &self.bbb_secret)
         );
-        let body = async {
+        async {
             let r = self.http.get(&url).send().await?.error_for_status()?;
             r.text().await
         }
         .await
-        .map_err(|e| unavailable(&e.without_url().to_string()))?;
-        appliance_bbb::xml::parse_get_meetings(&body).map_err(|e| unavailable(&e.to_string()))
+        .map_err(|e| unavailable(&e.without_url().to_string()))
     }
 
     /// Passes a call on to bbb-web and its answer back: status, body and

@@ -20,6 +20,10 @@
 //!   the `Date` header as BBB's clock does.
 //! - `POST /standin/fail?on=1` makes the API answer 503, as bbb-web down
 //!   behind nginx would.
+//! - Recordings exist at once when a meeting made with `record=true`
+//!   ends (BBB processes them first), published, with one presentation
+//!   playback URL that leads nowhere; getRecordings filters by recordID,
+//!   else meetingID (comma lists), and `meta_` parameters.
 //! - A form body of a POST adds parameters, as bbb-web's do; one that is
 //!   also in the query is a checksumError.
 //! - `duration` and `maxParticipants` are honoured as BBB does: a meeting
@@ -67,13 +71,70 @@ pub struct Meeting {
     pub duration: u32,
     /// Users at once (0: no limit), as BBB checks it on join.
     pub max_participants: u32,
+    /// `record=true`: a recording is left when it ends.
+    pub record: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct World {
     pub meetings: BTreeMap<String, Meeting>,
+    /// By record id (the meeting's internal id, as BBB names them).
+    pub recordings: BTreeMap<String, Recording>,
     next_user: u64,
     next_bridge: u32,
+}
+
+/// A recording, made at once when a meeting created with `record=true`
+/// ends (BBB processes it for minutes first).
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub id: String,
+    pub meeting_id: String,
+    pub internal_meeting_id: String,
+    pub name: String,
+    pub published: bool,
+    pub start_time: u64,
+    pub end_time: u64,
+    pub participants: usize,
+    /// Lower-case keys without `meta_`; BBB adds `meetingId` and
+    /// `meetingName`.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl World {
+    /// Ends a meeting and its breakout rooms, leaving a recording of each
+    /// that asked for one.
+    fn finish(&mut self, internal_id: &str, now_ms: u64) {
+        let gone: Vec<Meeting> = self
+            .meetings
+            .values()
+            .filter(|m| m.internal_id == internal_id || m.parent_internal_id.as_deref() == Some(internal_id))
+            .cloned()
+            .collect();
+        for m in gone {
+            self.meetings.remove(&m.id);
+            if !m.record {
+                continue;
+            }
+            let mut metadata = m.metadata.clone();
+            metadata.insert("meetingId".into(), m.id.clone());
+            metadata.insert("meetingName".into(), m.name.clone());
+            self.recordings.insert(
+                m.internal_id.clone(),
+                Recording {
+                    id: m.internal_id.clone(),
+                    meeting_id: m.id.clone(),
+                    internal_meeting_id: m.internal_id.clone(),
+                    name: m.name.clone(),
+                    published: true,
+                    start_time: m.create_time,
+                    end_time: now_ms,
+                    participants: m.users.len(),
+                    metadata,
+                },
+            );
+        }
+    }
 }
 
 /// Time as the stand-in tells it: the real clock, or a virtual one that a
@@ -209,9 +270,9 @@ impl StandIn {
             .filter(|m| m.duration > 0 && now_ms >= m.create_time + u64::from(m.duration) * 60_000)
             .map(|m| m.internal_id.clone())
             .collect();
-        w.meetings.retain(|_, m| {
-            !over.contains(&m.internal_id) && !m.parent_internal_id.as_ref().is_some_and(|p| over.contains(p))
-        });
+        for id in over {
+            w.finish(&id, now_ms);
+        }
     }
 
     pub fn set_failing(&self, on: bool) {
@@ -283,6 +344,8 @@ impl StandIn {
             "isMeetingRunning" => self.is_running(&p),
             "getMeetings" => self.get_meetings(),
             "getMeetingInfo" => self.get_meeting_info(&p),
+            "getRecordings" => self.get_recordings(&p),
+            "publishRecordings" | "deleteRecordings" | "updateRecordings" => self.change_recordings(call, &p),
             _ => xml(failed("unsupportedRequest", "This request is not supported.")),
         }
     }
@@ -359,6 +422,7 @@ impl StandIn {
             has_user_joined: false,
             duration: number(p, "duration"),
             max_participants: number(p, "maxParticipants"),
+            record: p.get("record").is_some_and(|v| v == "true"),
         };
         let body = format!(
             "<response>\n<returncode>SUCCESS</returncode>\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n<dialNumber>613-555-1234</dialNumber>\n<hasUserJoined>false</hasUserJoined>\n{}\n<hasBeenForciblyEnded>false</hasBeenForciblyEnded>\n<messageKey></messageKey>\n<message></message>\n</response>",
@@ -451,16 +515,109 @@ impl StandIn {
             ));
         };
         let mut w = self.lock();
-        let Some(m) = w.meetings.remove(id) else {
+        let Some(internal) = w.meetings.get(id).map(|m| m.internal_id.clone()) else {
             return xml(failed(
                 "notFound",
                 "We could not find a meeting with that meeting ID - perhaps the meeting is not yet running?",
             ));
         };
         // Ending a meeting ends its breakout rooms.
-        w.meetings
-            .retain(|_, b| b.parent_internal_id.as_deref() != Some(&m.internal_id));
+        let now_ms = self.created_ms.load(std::sync::atomic::Ordering::SeqCst);
+        w.finish(&internal, now_ms);
         xml("<response>\n<returncode>SUCCESS</returncode>\n<messageKey>sentEndMeetingRequest</messageKey>\n<message>A request to end the meeting was sent.  Please wait a few seconds, and then use the getMeetingInfo or isMeetingRunning API calls to verify that it was ended.</message>\n</response>".to_string())
+    }
+
+    fn get_recordings(&self, p: &BTreeMap<String, String>) -> Response {
+        let list = |k: &str| -> Option<Vec<String>> {
+            p.get(k)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.split(',').map(str::to_string).collect())
+        };
+        let (meetings, records) = (list("meetingID"), list("recordID"));
+        let filters: Vec<(String, &String)> = p
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("meta_").map(|m| (m.to_ascii_lowercase(), v)))
+            .collect();
+        let w = self.lock();
+        let body: String = w
+            .recordings
+            .values()
+            // recordID wins over meetingID, as in bbb-web.
+            .filter(|r| match (&records, &meetings) {
+                (Some(ids), _) => ids.contains(&r.id),
+                (None, Some(ms)) => ms.contains(&r.meeting_id),
+                (None, None) => true,
+            })
+            .filter(|r| filters.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+            .map(|r| {
+                let md: String = r.metadata.iter().map(|(k, v)| format!("{}\n", tag(k, v))).collect();
+                format!(
+                    "<recording>\n{}\n{}\n{}\n{}\n<isBreakout>false</isBreakout>\n{}\n{}\n{}\n{}\n{}\n<metadata>\n{md}</metadata>\n<playback>\n<format>\n<type>presentation</type>\n{}\n<length>0</length>\n</format>\n</playback>\n</recording>\n",
+                    tag("recordID", &r.id),
+                    tag("meetingID", &r.meeting_id),
+                    tag("internalMeetingID", &r.internal_meeting_id),
+                    tag("name", &r.name),
+                    tag("published", r.published),
+                    tag("state", if r.published { "published" } else { "unpublished" }),
+                    tag("startTime", r.start_time),
+                    tag("endTime", r.end_time),
+                    tag("participants", r.participants),
+                    tag("url", format!("https://standin.invalid/playback/presentation/2.3/{}", r.id)),
+                )
+            })
+            .collect();
+        if body.is_empty() {
+            return xml("<response>\n<returncode>SUCCESS</returncode>\n<recordings></recordings>\n<messageKey>noRecordings</messageKey>\n<message>There are no recordings for the meeting(s).</message>\n</response>".to_string());
+        }
+        xml(format!(
+            "<response>\n<returncode>SUCCESS</returncode>\n<recordings>\n{body}</recordings>\n<messageKey></messageKey>\n<message></message>\n</response>"
+        ))
+    }
+
+    fn change_recordings(&self, call: &str, p: &BTreeMap<String, String>) -> Response {
+        let Some(ids) = p.get("recordID").filter(|v| !v.is_empty()) else {
+            return xml(failed(
+                "missingParamRecordID",
+                "You must specify one or more a record IDs.",
+            ));
+        };
+        let ids: Vec<&str> = ids.split(',').collect();
+        let mut w = self.lock();
+        if !ids.iter().all(|id| w.recordings.contains_key(*id)) {
+            return xml(failed("notFound", "We could not find recordings"));
+        }
+        let answer = match call {
+            "publishRecordings" => {
+                let on = p.get("publish").is_some_and(|v| v == "true");
+                for id in &ids {
+                    if let Some(r) = w.recordings.get_mut(*id) {
+                        r.published = on;
+                    }
+                }
+                "<published>".to_string() + &on.to_string() + "</published>"
+            }
+            "deleteRecordings" => {
+                for id in &ids {
+                    w.recordings.remove(*id);
+                }
+                "<deleted>true</deleted>".to_string()
+            }
+            _ => {
+                for id in &ids {
+                    if let Some(r) = w.recordings.get_mut(*id) {
+                        for (k, v) in p {
+                            if let Some(m) = k.strip_prefix("meta_") {
+                                r.metadata.insert(m.to_ascii_lowercase(), v.clone());
+                            }
+                        }
+                    }
+                }
+                "<updated>true</updated>".to_string()
+            }
+        };
+        xml(format!(
+            "<response>\n<returncode>SUCCESS</returncode>\n{answer}\n</response>"
+        ))
     }
 
     fn is_running(&self, p: &BTreeMap<String, String>) -> Response {
