@@ -856,7 +856,8 @@ fn a_scripted_day_is_counted_exactly() {
 /// secret, through the gateway as its join links go); the meeting nobody
 /// tagged is made by coop-c's front end, which tags it as coop-a's. Ops's
 /// `usage --month --csv` must equal the ground truth in which every
-/// meeting belongs to the member whose secret made it.
+/// meeting belongs to the member whose secret made it, and list the member
+/// that used nothing.
 #[test]
 fn a_day_through_the_gateway_is_charged_to_the_secret_not_the_tag() {
     use appliance_bbb::{Algorithm, checksum, encode_query};
@@ -871,7 +872,8 @@ fn a_day_through_the_gateway_is_charged_to_the_secret_not_the_tag() {
     });
     wait_for("the gateway", T, || http_get(gateway, "/bigbluebutton/api").map(|_| ()));
     let mut secrets: BTreeMap<&str, String> = BTreeMap::new();
-    for m in ["coop-a", "coop-b", "coop-c"] {
+    // coop-d is a member that uses nothing all day: ops lists it with zeros.
+    for m in ["coop-a", "coop-b", "coop-c", "coop-d"] {
         let out = w.node.cli(&["members", "add", m, "--name", m]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -1014,12 +1016,13 @@ fn a_day_through_the_gateway_is_charged_to_the_secret_not_the_tag() {
             }
         });
     }
-    let want = truth(&truth_events, &[], &[]);
+    let mut want = truth(&truth_events, &[], &[]);
     assert_eq!(
         want.keys().map(String::as_str).collect::<Vec<_>>(),
         ["coop-a", "coop-b", "coop-c"],
         "nothing unassigned: every meeting is its maker's"
     );
+    want.insert("coop-d".into(), Row::default());
     w.wait_for_usage("2026-11", &want);
 }
 
@@ -1563,6 +1566,7 @@ fn hostile_reports_are_refused_with_reasons_and_the_month_stays_readable() {
         health: "ok".into(),
         services: String::new(),
         update: None,
+        members: vec![],
     };
     let send = |key: &NodeKey, r: &Report| post("/api/v1/reports", serde_json::to_string(&key.seal(r)).unwrap());
     assert_eq!(send(&honest, &report(&honest_id, 1, t0, t0 + 300, 7)).0, 200);

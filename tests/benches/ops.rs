@@ -82,6 +82,7 @@ fn report(node_id: &str, seq: u64, from: i64) -> Report {
         health: "ok".into(),
         services: "22 of 22 services up".into(),
         update: None,
+        members: vec![],
     }
 }
 

@@ -160,9 +160,9 @@ const SQL_INSERT_USAGE: &str =
 const SQL_NODE_REPORTED: &str = "UPDATE nodes SET last_report = ?2, health = ?3, version = ?4, update_state = COALESCE(?5, update_state) WHERE id = ?1";
 const SQL_NODE_KEY: &str = "SELECT public_key, revoked FROM nodes WHERE id = ?1";
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-/// The schema of version 2, for a new database.
+/// The schema of the current version, for a new database.
 const SCHEMA: &str = "
 CREATE TABLE tokens (hash TEXT PRIMARY KEY, node TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL, used INTEGER);
 CREATE TABLE nodes (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, public_key TEXT NOT NULL, enrolled INTEGER NOT NULL,
@@ -180,6 +180,8 @@ CREATE TABLE meetings (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, meeting_i
     period_from INTEGER NOT NULL, seconds INTEGER NOT NULL, epoch INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTEGER NOT NULL, gap_to INTEGER NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 1, reason TEXT NOT NULL DEFAULT 'no_answer');
+CREATE TABLE members (node_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL,
+    period_from INTEGER NOT NULL);
 ";
 
 /// Indexes of version 1 (made after a migration too).
@@ -188,6 +190,7 @@ CREATE INDEX IF NOT EXISTS reports_node_end ON reports (node_id, period_to);
 CREATE INDEX IF NOT EXISTS usage_node_period ON usage (node_id, period_from);
 CREATE INDEX IF NOT EXISTS meetings_node_period ON meetings (node_id, period_from);
 CREATE INDEX IF NOT EXISTS gaps_from ON gaps (gap_from);
+CREATE INDEX IF NOT EXISTS members_node_period ON members (node_id, period_from);
 ";
 
 /// From the first release's schema (no epochs, no refusals, gaps without a
@@ -218,6 +221,13 @@ DROP INDEX IF EXISTS meetings_period;
 /// From version 1: nodes' update state (channel, rollout position, last
 /// result), from the reports that carry it.
 const MIGRATE_1_TO_2: &str = "ALTER TABLE nodes ADD COLUMN update_state TEXT;";
+
+/// From version 2: the member organisations each report names, so a month
+/// lists the members that used nothing.
+const MIGRATE_2_TO_3: &str = "
+CREATE TABLE members (node_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL,
+    period_from INTEGER NOT NULL);
+";
 
 fn reason_text(r: GapReason) -> &'static str {
     match r {
@@ -270,6 +280,7 @@ impl Store {
                 let tx = db.transaction()?;
                 tx.execute_batch(MIGRATE_0_TO_1)?;
                 tx.execute_batch(MIGRATE_1_TO_2)?;
+                tx.execute_batch(MIGRATE_2_TO_3)?;
                 tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
                 tx.commit()?;
                 log::info!(
@@ -280,10 +291,21 @@ impl Store {
             (1, _) => {
                 let tx = db.transaction()?;
                 tx.execute_batch(MIGRATE_1_TO_2)?;
+                tx.execute_batch(MIGRATE_2_TO_3)?;
                 tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
                 tx.commit()?;
                 log::info!(
-                    "{}: migrated to schema {SCHEMA_VERSION} (nodes' update state)",
+                    "{}: migrated to schema {SCHEMA_VERSION} (nodes' update state, members in reports)",
+                    path.display()
+                );
+            }
+            (2, _) => {
+                let tx = db.transaction()?;
+                tx.execute_batch(MIGRATE_2_TO_3)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+                tx.commit()?;
+                log::info!(
+                    "{}: migrated to schema {SCHEMA_VERSION} (members in reports)",
                     path.display()
                 );
             }
@@ -561,6 +583,12 @@ impl Store {
                 int(m.seconds)?
             ])?;
         }
+        for m in &r.members {
+            tx.prepare_cached(
+                "INSERT INTO members (node_id, epoch, seq_to, member, period_from) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![node_id, epoch_i, seq_to, m, r.from])?;
+        }
         for g in &r.gaps {
             tx.prepare_cached(
                 "INSERT INTO gaps (node_id, epoch, seq_to, gap_from, gap_to, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -697,6 +725,21 @@ impl Store {
             e.meetings = unsigned(count, "meeting count")?;
             e.longest_meeting_seconds = unsigned(longest, "meeting length")?;
         }
+        // Members the node had that used nothing: a row of zeros, so the
+        // bill shows them.
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT DISTINCT member FROM members WHERE node_id = ?1 AND period_from >= ?2 AND period_from < ?3",
+            )
+            .map_err(|e| e.to_string())?;
+        let it = q
+            .query_map(params![id, start, end], |r| r.get::<_, String>(0))
+            .map_err(|e| e.to_string())?;
+        for r in it {
+            let member = r.map_err(|e| e.to_string())?;
+            rows.entry(member.clone()).or_insert_with(|| row(&member));
+        }
         Ok(rows.into_values().collect())
     }
 
@@ -777,6 +820,7 @@ mod tests {
             health: "ok".into(),
             services: "".into(),
             update: None,
+            members: vec![],
         }
     }
 
@@ -834,7 +878,7 @@ mod tests {
     fn a_version_1_database_gains_the_update_state() {
         let k = key();
         let (d, s, _id) = with_node("ams-1", &k);
-        s.db.execute_batch("ALTER TABLE nodes DROP COLUMN update_state; PRAGMA user_version = 1;")
+        s.db.execute_batch("ALTER TABLE nodes DROP COLUMN update_state; DROP TABLE members; PRAGMA user_version = 1;")
             .unwrap();
         drop(s);
         let s = Store::open(&d.path().join("ops.db")).unwrap();
@@ -842,6 +886,32 @@ mod tests {
         assert_eq!(v, SCHEMA_VERSION);
         let n = s.nodes().unwrap();
         assert_eq!((n.len(), n[0].update.clone()), (1, None));
+    }
+
+    #[test]
+    fn members_that_used_nothing_are_on_the_month_they_were_reported_in() {
+        let k = key();
+        let (d, s, id) = with_node("ams-1", &k);
+        // A database of version 2 (no members table) gains it.
+        s.db.execute_batch("DROP TABLE members; PRAGMA user_version = 2;")
+            .unwrap();
+        drop(s);
+        let mut s = Store::open(&d.path().join("ops.db")).unwrap();
+        let b = nov().start();
+        let mut r = report(&id, 1, b, 600, "m1");
+        r.members = vec!["coop-a".into(), "coop-z".into()];
+        s.ingest(&k.seal(&r), b + 86_400, LIMITS).unwrap();
+        let rows = s.usage(nov()).unwrap().rows;
+        let got: Vec<(&str, u64, u64)> = rows
+            .iter()
+            .map(|r| (r.member.as_str(), r.participant_seconds, r.meetings))
+            .collect();
+        assert_eq!(got, [("coop-a", 600, 1), ("coop-z", 0, 0)]);
+        assert!(s.usage(Month::parse("2026-12").unwrap()).unwrap().rows.is_empty());
+        // Resent: acknowledged, not listed twice.
+        let ack = s.ingest(&k.seal(&r), b + 86_400, LIMITS).unwrap();
+        assert!(ack.duplicate);
+        assert_eq!(s.usage(nov()).unwrap().rows.len(), 2);
     }
 
     #[test]

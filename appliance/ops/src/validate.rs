@@ -11,8 +11,9 @@
 //!   are exactly the sum of its meetings' (so at most `p` × its meetings);
 //! - each member's participant-seconds, and the node's in all, are at most
 //!   `p` × `max_participants`; a peak is at most `max_participants`;
-//! - gaps lie inside the period; members and meetings are listed once;
-//!   names are at most 256 bytes.
+//! - gaps lie inside the period; members and meetings are listed once
+//!   (in the usage lines and in the list of the node's members); names are
+//!   at most 256 bytes.
 //!
 //! Pure: the report, the limits and `now` in, a typed reason out.
 
@@ -122,6 +123,16 @@ pub fn check(r: &Report, limits: Limits, now: i64) -> Result<(), Implausible> {
         *sum = sum.saturating_add(m.seconds);
     }
 
+    let mut listed = BTreeSet::new();
+    for m in &r.members {
+        if m.len() > MAX_NAME {
+            return Err(Implausible::NameTooLong(m.len()));
+        }
+        if !listed.insert(m.as_str()) {
+            return Err(Implausible::DuplicateMember(m.clone()));
+        }
+    }
+
     let mut members = BTreeSet::new();
     let mut node_total: u64 = 0;
     for l in &r.usage {
@@ -220,6 +231,7 @@ mod tests {
             health: "ok".into(),
             services: String::new(),
             update: None,
+            members: vec![],
         }
     }
 
@@ -283,6 +295,16 @@ mod tests {
                     r.usage.push(again);
                 }),
                 "member \"a\" is listed twice",
+            ),
+            (
+                "a member twice in the node's list",
+                Box::new(|r| r.members = vec!["a".into(), "b".into(), "a".into()]),
+                "member \"a\" is listed twice",
+            ),
+            (
+                "an overlong member in the node's list",
+                Box::new(|r| r.members = vec!["x".repeat(257)]),
+                "a name of 257 bytes (member names and meeting ids have at most 256)",
             ),
             (
                 "the node's total beyond the cap",

@@ -272,6 +272,7 @@ mod tests {
             health: "ok".into(),
             services: String::new(),
             update: None,
+            members: vec![],
         }
     }
 

@@ -94,6 +94,8 @@ pub struct Sample {
     pub services: String,
     /// Where the node stands with updates, for ops.
     pub update: Option<appliance_usage::UpdateReport>,
+    /// The member organisations' slugs, sorted.
+    pub members: Vec<String>,
 }
 
 /// What the reports task publishes.
@@ -239,6 +241,7 @@ pub fn task(state_dir: &Path, firmware: &str, settings: Settings, clock: Arc<dyn
         health: String::new(),
         services: String::new(),
         update: None,
+        members: Vec::new(),
         last_report: now,
         on_disk: false,
         failures: 0,
@@ -311,6 +314,7 @@ struct Owner {
     health: String,
     services: String,
     update: Option<appliance_usage::UpdateReport>,
+    members: Vec<String>,
     last_report: Instant,
     /// The ledger file is the ledger in memory.
     on_disk: bool,
@@ -440,6 +444,7 @@ impl Owner {
                 self.health = s.health;
                 self.services = s.services;
                 self.update = s.update;
+                self.members = s.members;
             }
             Msg::Enrolled {
                 enrollment: enr,
@@ -581,6 +586,7 @@ impl Owner {
                 self.services.clone(),
             );
             report.update = self.update.clone();
+            report.members = self.members.clone();
             let env = key.seal(&report);
             let outbox = &b.outbox;
             if let Err(e) = blocking(|| outbox.put(&env, seq)) {

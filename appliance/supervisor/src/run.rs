@@ -546,6 +546,16 @@ impl Sampler {
             services.unwrap_or_default(),
         );
         sample.update = update;
+        let mut members: Vec<String> = self
+            .shared
+            .members
+            .current()
+            .members
+            .iter()
+            .map(|m| m.slug.clone())
+            .collect();
+        members.sort();
+        sample.members = members;
         self.shared.reports.sample(sample);
         if summary != self.last_summary {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
@@ -589,6 +599,7 @@ fn report_sample(s: &Snapshot, uplink: &str, health: String, services: String) -
         health,
         services,
         update: None,
+        members: Vec::new(),
     }
 }
 

@@ -182,6 +182,11 @@ pub struct Report {
     /// updates and from older firmware).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateReport>,
+    /// The member organisations the node had when the report was made
+    /// (slugs, sorted), so ops lists a member that used nothing. Absent
+    /// from nodes without members and from older firmware.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 /// A node's update state as ops keeps it per node: what `appliance-ops
@@ -255,6 +260,7 @@ impl Report {
             health,
             services,
             update: None,
+            members: Vec::new(),
         }
     }
 
@@ -285,6 +291,10 @@ impl Report {
         if later.update.is_some() {
             self.update = later.update.clone();
         }
+        // Every member the node had at some point of the merged period.
+        self.members.extend(later.members.iter().cloned());
+        self.members.sort();
+        self.members.dedup();
         for l in &later.usage {
             match self.usage.iter_mut().find(|u| u.member == l.member) {
                 Some(u) => {
@@ -458,6 +468,7 @@ mod tests {
             health: "ok".into(),
             services: "7 of 7 up".into(),
             update: None,
+            members: vec![],
         }
     }
 
@@ -517,9 +528,12 @@ mod tests {
         });
         b.from = 300;
         b.to = 600;
+        a.members = vec!["a".into(), "gone".into()];
+        b.members = vec!["a".into(), "b".into()];
         assert!(a.can_merge(&b));
         a.merge(&b);
         assert_eq!((a.seq_from, a.seq_to, a.from, a.to), (1, 2, 0, 600));
+        assert_eq!(a.members, ["a", "b", "gone"], "every member the node had in the period");
         assert_eq!(
             a.usage[0].usage,
             MemberUsage {
