@@ -1024,6 +1024,22 @@ fn a_day_through_the_gateway_is_charged_to_the_secret_not_the_tag() {
     );
     want.insert("coop-d".into(), Row::default());
     w.wait_for_usage("2026-11", &want);
+    // The node's own count of the month (the Members page's) is the same.
+    let month = &w.node.status_json()["reports"]["this_month"];
+    assert_eq!(month["month"], "2026-11", "{month}");
+    for (member, row) in &want {
+        let on_node = month["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["member"] == member.as_str());
+        let n = |k: &str| on_node.map_or(0, |m| m[k].as_u64().unwrap());
+        assert_eq!(
+            (n("meeting_seconds"), n("participant_seconds"), n("peak_participants")),
+            (row.meeting_seconds, row.participant_seconds, row.peak),
+            "{member} on the node: {month}"
+        );
+    }
 }
 
 #[test]

@@ -856,6 +856,9 @@ struct MemberRow {
     uses: Vec<(&'static str, String, String)>,
     /// Secret ids, with the end of an overlap.
     secrets: Vec<String>,
+    /// (what, value) this month: meeting hours, participant hours, peak
+    /// participants (against the participant limit).
+    month: Vec<(&'static str, String)>,
     participants: String,
     rooms: String,
     duration: String,
@@ -870,6 +873,8 @@ struct Members<'a> {
     /// (member, secret) just made: shown in this answer only.
     new_secret: Option<(&'a str, &'a str)>,
     bbb_note: String,
+    /// `YYYY-MM` of the month the usage column covers.
+    month: String,
 }
 
 pub fn members(
@@ -887,9 +892,15 @@ pub fn members(
         Some(b) if !b.up => "BigBlueButton does not answer: what is in use now is unknown.".to_string(),
         Some(_) => String::new(),
     };
+    let this_month = st.reports.as_ref().and_then(|r| r.this_month.as_ref());
+    let hours = |secs: u64| format!("{:.1}", secs as f64 / 3600.0);
     let rows = list
         .iter()
         .map(|m| {
+            let used = this_month.and_then(|t| t.members.iter().find(|u| u.member == m.slug));
+            let (meeting_s, participant_s, peak) = used.map_or((0, 0, 0), |u| {
+                (u.meeting_seconds, u.participant_seconds, u.peak_participants)
+            });
             let mine = || live.into_iter().flat_map(|b| &b.list).filter(|x| x.member == m.slug);
             let rooms = mine().filter(|x| !x.breakout).count();
             let people: u32 = mine().map(|x| x.participants).sum();
@@ -910,6 +921,11 @@ pub fn members(
                         None => x.id.to_string(),
                     })
                     .collect(),
+                month: vec![
+                    ("meeting hours", hours(meeting_s)),
+                    ("participant hours", hours(participant_s)),
+                    ("peak participants", format!("{peak} / {}", opt(m.limits.participants))),
+                ],
                 participants: field(m.limits.participants),
                 rooms: field(m.limits.rooms),
                 duration: field(m.limits.duration_minutes),
@@ -922,6 +938,7 @@ pub fn members(
         msg,
         new_secret,
         bbb_note,
+        month: this_month.map_or_else(|| "-".to_string(), |t| t.month.clone()),
     })
 }
 

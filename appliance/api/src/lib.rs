@@ -137,6 +137,26 @@ pub struct ReportsView {
     /// Usage state, enrollment or key cannot be read: nothing is counted.
     #[serde(default)]
     pub state_error: Option<String>,
+    /// Each member's usage so far in the month of the last poll.
+    #[serde(default)]
+    pub this_month: Option<MonthUsageView>,
+}
+
+/// Each member's usage in one UTC month so far, as the node counted it
+/// (reported or waiting to be; ops's sums are the bill).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonthUsageView {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub members: Vec<MemberMonthView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberMonthView {
+    pub member: String,
+    pub meeting_seconds: u64,
+    pub participant_seconds: u64,
+    pub peak_participants: u32,
 }
 
 /// What the last getMeetings said.

@@ -116,6 +116,8 @@ pub struct ReportsState {
     /// Usage state, the enrollment or the node key cannot be read: nothing
     /// is counted or sent until a person looks.
     pub state_error: Option<String>,
+    /// Each member's usage so far in the month of the last poll.
+    pub this_month: Option<appliance_api::MonthUsageView>,
 }
 
 enum Msg {
@@ -706,6 +708,29 @@ impl Owner {
             .filter_map(|e| e.as_deref())
             .collect();
         self.out.state_error = (!problems.is_empty()).then(|| problems.join("; "));
+        self.out.this_month = self.books.as_ref().map(|b| {
+            // The month the counting is in: the last poll's (BBB's clock
+            // drives the accounting), or today's before any poll.
+            let at = b
+                .ledger
+                .acc
+                .last
+                .as_ref()
+                .map_or_else(|| self.clock.unix(), |(t, _)| *t);
+            let (month, members) = b.ledger.month_to_date(at);
+            appliance_api::MonthUsageView {
+                month: month.to_string(),
+                members: members
+                    .into_iter()
+                    .map(|(member, u)| appliance_api::MemberMonthView {
+                        member,
+                        meeting_seconds: u.meeting_seconds,
+                        participant_seconds: u.participant_seconds,
+                        peak_participants: u.peak_participants,
+                    })
+                    .collect(),
+            }
+        });
         let new = self.out.clone();
         self.publish.send_if_modified(|s| {
             if *s == new {

@@ -130,6 +130,7 @@ impl Shared {
             refused: rs.refused,
             write_error: rs.write_error,
             state_error: rs.state_error,
+            this_month: rs.this_month,
         });
         let sensors = snapshot
             .as_deref()

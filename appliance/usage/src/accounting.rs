@@ -48,6 +48,15 @@ pub struct MemberUsage {
     pub peak_participants: u32,
 }
 
+impl MemberUsage {
+    /// Adds a later period's usage: seconds add up, the peak is the larger.
+    pub fn add(&mut self, later: &MemberUsage) {
+        self.meeting_seconds = self.meeting_seconds.saturating_add(later.meeting_seconds);
+        self.participant_seconds = self.participant_seconds.saturating_add(later.participant_seconds);
+        self.peak_participants = self.peak_participants.max(later.peak_participants);
+    }
+}
+
 /// Seconds charged to one (main) meeting in a period. The member's
 /// `meeting_seconds` are always the sum of its meetings' seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,11 +20,13 @@
 //! earlier ledger used, so it numbers nothing until the node enrolls again
 //! ([`Ledger::number_for`]). Its usage waits meanwhile; nothing is lost.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounting::{Accumulator, Period};
+use crate::accounting::{Accumulator, MemberUsage, Period};
+use crate::month::Month;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -36,6 +38,39 @@ pub struct Ledger {
     /// were numbered continues the node's enrollment (`Some(0)`).
     #[serde(default = "before_epochs")]
     pub epoch: Option<u64>,
+    /// What the reports written so far carried of the latest month they
+    /// covered, per member: with the periods not yet reported, this
+    /// month's usage as the node shows it. (Ops's sums are the bill; this
+    /// is for the people on the node.)
+    #[serde(default)]
+    pub reported: Reported,
+}
+
+/// Usage of one month per member, as reports carried it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    /// The month's start, unix seconds; `None` before the first report.
+    pub month: Option<i64>,
+    pub members: BTreeMap<String, MemberUsage>,
+}
+
+impl Reported {
+    /// A period's report was written. Periods come oldest first, so a
+    /// period of a later month starts that month afresh.
+    fn add(&mut self, p: &Period) {
+        let month = Month::of(p.from).start();
+        match self.month {
+            Some(m) if m > month => return,
+            Some(m) if m == month => {}
+            _ => {
+                self.month = Some(month);
+                self.members.clear();
+            }
+        }
+        for (member, u) in &p.members {
+            self.members.entry(member.clone()).or_default().add(u);
+        }
+    }
 }
 
 fn before_epochs() -> Option<u64> {
@@ -48,6 +83,7 @@ impl Default for Ledger {
             next_seq: 1,
             acc: Accumulator::default(),
             epoch: None,
+            reported: Reported::default(),
         }
     }
 }
@@ -95,12 +131,37 @@ impl Ledger {
     /// The report of the period [`Ledger::due`] gave is written: forget
     /// that period and move on to the next number.
     pub fn commit(&mut self) {
-        if self.acc.closed.is_empty() {
-            let _ = self.acc.close();
+        let written = if self.acc.closed.is_empty() {
+            self.acc.close()
         } else {
-            self.acc.closed.remove(0);
+            Some(self.acc.closed.remove(0))
+        };
+        if let Some(p) = written {
+            self.reported.add(&p);
         }
         self.next_seq += 1;
+    }
+
+    /// Each member's usage in the month of `now` so far: what reports
+    /// carried, the periods waiting for a report, and the open period up
+    /// to the last poll.
+    pub fn month_to_date(&self, now: i64) -> (Month, BTreeMap<String, MemberUsage>) {
+        let month = Month::of(now);
+        let start = month.start();
+        let mut out = if self.reported.month == Some(start) {
+            self.reported.members.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let open = self.acc.clone().close();
+        for p in self.acc.closed.iter().chain(open.iter()) {
+            if Month::of(p.from).start() == start {
+                for (member, u) in &p.members {
+                    out.entry(member.clone()).or_default().add(u);
+                }
+            }
+        }
+        (month, out)
     }
 
     /// Brings a ledger written by an earlier release up to date: an open
@@ -191,6 +252,48 @@ mod tests {
         let next = l.due(MIN, MIN, 0).unwrap();
         assert_eq!((next.from, next.to), (b + 30, b + 30), "nothing new since");
         assert!(next.members.is_empty());
+    }
+
+    #[test]
+    fn this_months_usage_is_what_was_reported_and_what_waits() {
+        let b = Month::parse("2026-11").unwrap().start();
+        let mut l = Ledger::default();
+        let ps = |l: &Ledger, now: i64| {
+            let (m, members) = l.month_to_date(now);
+            (m.to_string(), members.get("a").map(|u| u.participant_seconds))
+        };
+        assert_eq!(ps(&l, b - 1), ("2026-10".into(), None), "nothing yet");
+        l.acc.observe(b - 90, seen(2), 300);
+        l.acc.observe(b + 30, seen(3), 300);
+        // October's 90 s at 2 waits in a closed period, November's 30 s is open.
+        assert_eq!(ps(&l, b - 1), ("2026-10".into(), Some(180)));
+        assert_eq!(ps(&l, b + 40), ("2026-11".into(), Some(60)));
+        // What the reports carry, for the peak.
+        let mut carried = Vec::new();
+        carried.push(l.due(Duration::ZERO, MIN, 0).unwrap());
+        l.commit();
+        assert_eq!(ps(&l, b - 1), ("2026-10".into(), Some(180)), "reported");
+        l.acc.observe(b + 90, seen(5), 300);
+        assert_eq!(ps(&l, b + 100), ("2026-11".into(), Some(60 + 180)));
+        carried.push(l.due(MIN, MIN, 0).unwrap());
+        l.commit();
+        l.acc.observe(b + 150, seen(1), 300);
+        // 30 s at 2, 60 s at 3, 60 s at 5: nothing counted twice or lost.
+        assert_eq!(ps(&l, b + 160), ("2026-11".into(), Some(60 + 180 + 300)));
+        carried.push(l.due(MIN, MIN, 0).unwrap());
+        let peak = carried[1..].iter().map(|p| p.members["a"].peak_participants).max();
+        assert_eq!(l.month_to_date(b + 160).1["a"].peak_participants, peak.unwrap());
+        assert_eq!(
+            ps(&l, Month::parse("2026-12").unwrap().start()),
+            ("2026-12".into(), None)
+        );
+        let json = serde_json::to_string(&l).unwrap();
+        let back: Ledger = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.month_to_date(b + 160),
+            l.month_to_date(b + 160),
+            "survives a restart"
+        );
     }
 
     #[test]

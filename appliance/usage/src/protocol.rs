@@ -297,12 +297,7 @@ impl Report {
         self.members.dedup();
         for l in &later.usage {
             match self.usage.iter_mut().find(|u| u.member == l.member) {
-                Some(u) => {
-                    u.usage.meeting_seconds = u.usage.meeting_seconds.saturating_add(l.usage.meeting_seconds);
-                    u.usage.participant_seconds =
-                        u.usage.participant_seconds.saturating_add(l.usage.participant_seconds);
-                    u.usage.peak_participants = u.usage.peak_participants.max(l.usage.peak_participants);
-                }
+                Some(u) => u.usage.add(&l.usage),
                 None => self.usage.push(l.clone()),
             }
         }

@@ -72,7 +72,18 @@ impl Backend for Fake {
             services: None,
             bbb: None,
             enrollment: None,
-            reports: None,
+            reports: Some(appliance_api::ReportsView {
+                this_month: Some(appliance_api::MonthUsageView {
+                    month: "2026-11".into(),
+                    members: vec![appliance_api::MemberMonthView {
+                        member: "coop-a".into(),
+                        meeting_seconds: 5400,
+                        participant_seconds: 36_000,
+                        peak_participants: 31,
+                    }],
+                }),
+                ..appliance_api::ReportsView::default()
+            }),
             update: None,
             certificate: None,
             limits: None,
@@ -536,6 +547,15 @@ async fn members_are_the_operators_and_a_new_secret_is_shown_once() {
         page.contains("coop-a") && page.contains("participants ? / 50"),
         "{page}"
     );
+    // This month's usage beside the limits, as the node counted it.
+    assert!(page.contains("This month (2026-11, UTC)"), "{page}");
+    for want in [
+        "meeting hours 1.5<",
+        "participant hours 10.0<",
+        "peak participants 31 / 50<",
+    ] {
+        assert!(page.contains(want), "{want}: {page}");
+    }
     assert!(!page.contains("Add member"), "no forms for the viewer");
     let add = form(&[("csrf", &vcsrf), ("action", "add"), ("slug", "coop-b"), ("name", "B")]);
     assert_eq!(
