@@ -104,6 +104,19 @@ fn the_bbb_plan_is_complete_without_network() {
     for u in ["appliance.service", "appliance-firstboot.service", "nftables.service"] {
         assert!(plan.lines().any(|l| l.trim_start().starts_with(u)), "{u}");
     }
+    // nginx sends BBB's API to the supervisor's gateway (members' secrets).
+    assert!(
+        plan.contains("  /etc/bigbluebutton/nginx/appliance-gateway.nginx\n"),
+        "{plan}"
+    );
+    assert!(plan.contains("BBB API gateway on 127.0.0.1:8091"), "{plan}");
+    let route =
+        std::fs::read_to_string(repo_root().join("image/bbb-3.0/etc/bigbluebutton/nginx/appliance-gateway.nginx"))
+            .unwrap();
+    assert!(
+        route.contains("location ^~ /bigbluebutton/api/ {\n    proxy_pass http://127.0.0.1:8091;"),
+        "{route}"
+    );
     // The firewall: BBB's ports and the admin page, nothing else.
     assert!(plan.contains("  tcp: 80, 443, 3478, 5349, 8443\n"), "{plan}");
     assert!(plan.contains("  udp: 3478, 5349, 16384-32768\n"), "{plan}");

@@ -188,7 +188,7 @@ impl Vm {
     fn bbb(&self, call: &str, query: &str) -> String {
         self.run(&format!(
             "q='{query}'; c=$(printf '%s%s%s' {call} \"$q\" \"$(cat /var/lib/appliance-secrets/bbb-secret)\" | sha1sum | cut -c1-40); \
-             curl -s \"http://127.0.0.1:8090/bigbluebutton/api/{call}?$q&checksum=$c\""
+             curl -s \"http://127.0.0.1:8090/bigbluebutton/api/{call}?${{q:+$q&}}checksum=$c\""
         ))
     }
 
@@ -331,6 +331,7 @@ fn services_are_kept_healthy_by_the_supervisor_under_real_systemd() {
     assert_eq!(vm.prop("appliance.service", "ActiveState"), "active");
     assert_eq!(vm.prop("appliance.service", "User"), "appliance");
     hardened_image(&vm, &image, declared_port, undeclared_port);
+    gateway_behind_nginx(&vm, declared_port);
 
     // The console screen, on the serial port in place of a login prompt,
     // shows the admin URL, the certificate fingerprint and the setup code.
@@ -872,6 +873,60 @@ fn hardened_image(vm: &Vm, image: &Path, declared_port: u16, undeclared_port: u1
         !undeclared.contains("HTTP/"),
         "port 8081 is not in the recipe's [firewall] but answered: {undeclared:?}"
     );
+}
+
+/// From the host through nginx on the declared port 80, as a member's front
+/// end calls the node: BBB's API path reaches the supervisor's gateway
+/// (the image's `[gateway]` and the recipe's nginx route), which passes
+/// calls on to the stand-in. BBB's shared secret works while the node has
+/// no members; then a member's own secret makes a meeting that BBB holds
+/// under the member's scope, and BBB's secret is refused.
+fn gateway_behind_nginx(vm: &Vm, port: u16) {
+    use appliance_bbb::{Algorithm, checksum, encode_query};
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let bbb_secret = vm.run("cat /var/lib/appliance-secrets/bbb-secret").trim().to_string();
+    let call = |name: &str, params: &[(&str, &str)], secret: &str| -> String {
+        let q = encode_query(params);
+        let path = format!(
+            "/bigbluebutton/api/{name}?{q}&checksum={}",
+            checksum(Algorithm::Sha1, name, &q, secret)
+        );
+        wait_for(&format!("{name} through nginx"), T, || {
+            match appliance_e2e::http_get(addr, &path) {
+                Ok((200, body)) => Ok(body),
+                Ok((status, body)) => Err(format!("{status} {body}")),
+                Err(e) => Err(e),
+            }
+        })
+    };
+    let listed = call("getMeetings", &[], &bbb_secret);
+    assert!(
+        listed.contains("<returncode>SUCCESS</returncode>"),
+        "no members: BBB's secret works: {listed}"
+    );
+    let out = vm.run("appliance members add coop-a --name 'Co-op A' --rooms 2");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_string();
+    let created = call("create", &[("meetingID", "lab-room"), ("name", "Lab room")], &secret);
+    assert!(created.contains("<meetingID>lab-room</meetingID>"), "{created}");
+    let inside = vm.bbb("getMeetings", "");
+    assert!(
+        inside.contains("<meetingID>coop-a~lab-room</meetingID>"),
+        "the member's meeting, scoped inside BBB: {inside}"
+    );
+    let refused = call("getMeetings", &[], &bbb_secret);
+    assert!(refused.contains("<messageKey>checksumError</messageKey>"), "{refused}");
+    let ended = call("end", &[("meetingID", "lab-room")], &secret);
+    assert!(ended.contains("<returncode>SUCCESS</returncode>"), "{ended}");
+    vm.run("appliance members remove coop-a --yes");
+    wait_for("no meeting left in the stand-in", T, || {
+        let m = vm.bbb("getMeetings", "");
+        if m.contains("<meetingID>") { Err(m) } else { Ok(()) }
+    });
 }
 
 /// `appliance-ops serve` on the host, reached from the VM at 10.0.2.2.

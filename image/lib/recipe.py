@@ -34,6 +34,10 @@ UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|path|m
 RECIPE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
 URI_RE = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+$")
+# Where the supervisor's BBB API gateway listens in every image (lib/stage2.sh
+# writes it; each recipe's overlay points nginx at it).
+GATEWAY_LISTEN = "127.0.0.1:8091"
+
 IMAGE_KEYS = {"packages", "overlay", "test_ssh", "slot_mb", "base", "source"}
 BASE_KEYS = {"distribution", "suite", "keyring"}
 SOURCE_KEYS = {"name", "uri", "suites", "components", "key_url", "key_file"}
@@ -269,6 +273,7 @@ def shell_vars(r):
         "RECIPE_UNITS": " ".join(r["units"]),
         "RECIPE_SLOT_MB": str(r["slot_mb"]),
         "RECIPE_KEY_FILES": " ".join(s["key_file"] for s in r["sources"] if s["key_file"]),
+        "GATEWAY_LISTEN": GATEWAY_LISTEN,
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
@@ -416,6 +421,15 @@ def plan(r, path):
     w(f"  2 root-a   {slot:>6} MiB  squashfs root + dm-verity hash tree (read-only; root hash in the boot entry)")
     w(f"  3 root-b   {slot:>6} MiB  the other slot, written by OS updates")
     w(f"  4 data     {DATA_MB_DEFAULT_FREE:>6} MiB+ ext4 /var: state, recordings, logs; grown to fill the disk at first boot")
+    w("")
+    w("Files over the root (image.overlay)")
+    overlay = REPO_ROOT / r["overlay"] if r["overlay"] else None
+    files = sorted(p for p in overlay.rglob("*") if p.is_file()) if overlay and overlay.is_dir() else []
+    for f in files:
+        w(f"  /{f.relative_to(overlay)}")
+    if not files:
+        w("  (none)")
+    w(f"  /etc/appliance/appliance.toml: the supervisor's config, BBB API gateway on {GATEWAY_LISTEN}")
     w("")
     w("Units enabled")
     own = ["appliance.service", "appliance-firstboot.service", "appliance-grow-data.service",

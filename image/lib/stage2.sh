@@ -199,6 +199,11 @@ url = "http://127.0.0.1:8090/bigbluebutton/api"
 secret_file = "/var/lib/appliance-secrets/bbb-secret"
 properties = "/etc/bigbluebutton/bbb-web.properties"
 
+# The BBB API gateway: nginx (the recipe's overlay) sends BBB's API path
+# here; member organisations call it with their own secrets.
+[gateway]
+listen = "$GATEWAY_LISTEN"
+
 [hardware]
 profile = "auto"
 profiles_dir = "/usr/share/appliance/hw-profiles"
