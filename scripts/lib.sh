@@ -36,14 +36,24 @@ quietly() {
 # Debian's prometheus package, unpacked under target/tools/ rather than
 # installed, so that no Prometheus server is set up or started here.
 ensure_promtool() {
+    unpack_tool prometheus usr/bin/promtool
+}
+
+# ensure_nginx: Debian's nginx binary under target/tools/, for the test of
+# the BBB recipe's nginx route (no nginx service set up or started).
+ensure_nginx() {
+    unpack_tool nginx usr/sbin/nginx
+}
+
+# unpack_tool PACKAGE PATH: Debian's PACKAGE unpacked into target/tools/
+# unless target/tools/PATH is there already.
+unpack_tool() {
     local dir=target/tools
-    if [ -x "$dir/usr/bin/promtool" ] && [ -x "$dir/usr/bin/prometheus" ]; then
-        return
-    fi
-    echo "==> unpacking promtool and prometheus from Debian's prometheus package into $dir"
+    [ -x "$dir/$2" ] && return
+    echo "==> unpacking $1 from Debian's package into $dir"
     mkdir -p "$dir"
     [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ] || quietly as_root apt-get update
-    (cd "$dir" && quietly apt-get download prometheus && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb)
+    (cd "$dir" && quietly apt-get download "$1" && dpkg-deb -x "$1"_*.deb . && rm -f "$1"_*.deb)
 }
 
 # ensure_rust: cargo on PATH, with rustfmt and clippy. Debian's own rustc is

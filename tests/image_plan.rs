@@ -4,10 +4,13 @@
 //! its plan is what is checked: base, sources, keys, packages, partition
 //! layout, units and firewall, all taken from the recipe.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
-use appliance_e2e::repo_root;
+use appliance_e2e::{free_port, http_get, repo_root, wait_for};
 
 /// Runs `image/build ARGS` in a network namespace with no interfaces when
 /// possible (root can make one), so a plan that reached for the network
@@ -222,4 +225,141 @@ fn the_firewall_opens_exactly_the_declared_ports() {
         "{rules}"
     );
     assert!(rules.contains("type filter hook forward priority filter; policy drop;"));
+}
+
+/// A backend that answers every request with its name and the path it got.
+fn echo_backend(name: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut h = String::new();
+            while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let body = format!("{name} {path}");
+            let _ = write!(
+                r.get_mut(),
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The BBB recipe's nginx route (image/bbb-3.0's overlay) in a real nginx
+/// (Debian's, unpacked by scripts/test) beside BBB's own
+/// `location /bigbluebutton` (tests/fixtures/bbb-web.nginx, a stand-in for
+/// BBB's file): BBB's API goes to the gateway; the HTML5 client's session
+/// calls, presentations and the rest to bbb-web; and no spelling of a path
+/// reaches bbb-web's API around the gateway.
+#[test]
+#[ignore = "needs nginx from Debian's nginx package; run by scripts/test"]
+fn the_bbb_nginx_route_sends_the_api_to_the_gateway_only() {
+    let nginx = repo_root().join("target/tools/usr/sbin/nginx");
+    assert!(
+        nginx.exists(),
+        "{} is missing: run scripts/test, or `. scripts/lib.sh; ensure_nginx`",
+        nginx.display()
+    );
+    let (web, gateway) = (echo_backend("bbb-web"), echo_backend("gateway"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).unwrap();
+    let route = read("image/bbb-3.0/etc/bigbluebutton/nginx/appliance-gateway.nginx")
+        .replace("127.0.0.1:8091", &format!("127.0.0.1:{gateway}"))
+        .replace("127.0.0.1:8090", &format!("127.0.0.1:{web}"));
+    std::fs::write(d.join("route.nginx"), route).unwrap();
+    let bbb = read("tests/fixtures/bbb-web.nginx").replace("BBB_WEB", &format!("127.0.0.1:{web}"));
+    std::fs::write(d.join("bbb-web.nginx"), bbb).unwrap();
+    let port = free_port();
+    let t = d.display();
+    std::fs::write(
+        d.join("nginx.conf"),
+        format!(
+            "pid {t}/nginx.pid;\nerror_log {t}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n \
+             client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t}; uwsgi_temp_path {t}; scgi_temp_path {t};\n \
+             server {{\n  listen 127.0.0.1:{port};\n  include {t}/bbb-web.nginx;\n  include {t}/route.nginx;\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let _nginx = Nginx(
+        Command::new(&nginx)
+            .arg("-p")
+            .arg(d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .args(["-g", "daemon off; master_process off;"])
+            .spawn()
+            .unwrap(),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("nginx", Duration::from_secs(20), || http_get(addr, "/").map(|_| ()));
+    let ask = |path: &str| match http_get(addr, path) {
+        Ok((200, body)) => body,
+        Ok((status, _)) => status.to_string(),
+        Err(e) => panic!("{path}: {e}"),
+    };
+    for (path, want) in [
+        ("/bigbluebutton/api", "gateway /bigbluebutton/api"),
+        (
+            "/bigbluebutton/api/create?meetingID=a&checksum=1",
+            "gateway /bigbluebutton/api/create?meetingID=a&checksum=1",
+        ),
+        (
+            "/bigbluebutton/api/getRecordings",
+            "gateway /bigbluebutton/api/getRecordings",
+        ),
+        // Spellings nginx normalises still reach the gateway (which takes
+        // only plain calls).
+        (
+            "/bigbluebutton/api/../api/create",
+            "gateway /bigbluebutton/api/../api/create",
+        ),
+        ("/bigbluebutton//api/create", "gateway /bigbluebutton//api/create"),
+        ("/bigbluebutton/./api/create", "gateway /bigbluebutton/./api/create"),
+        ("/bigbluebutton/api/create;x", "gateway /bigbluebutton/api/create;x"),
+        // The HTML5 client's own calls, by session token: bbb-web.
+        (
+            "/bigbluebutton/api/stuns?sessionToken=s",
+            "bbb-web /bigbluebutton/api/stuns?sessionToken=s",
+        ),
+        (
+            "/bigbluebutton/api/enter?sessionToken=s",
+            "bbb-web /bigbluebutton/api/enter?sessionToken=s",
+        ),
+        ("/bigbluebutton/api/signOut", "bbb-web /bigbluebutton/api/signOut"),
+        // Everything else of BBB's: bbb-web.
+        (
+            "/bigbluebutton/presentation/abc/upload",
+            "bbb-web /bigbluebutton/presentation/abc/upload",
+        ),
+        (
+            "/bigbluebutton/presentation/abc/slide/1",
+            "bbb-web /bigbluebutton/presentation/abc/slide/1",
+        ),
+        // Path parameters Tomcat would drop: refused.
+        ("/bigbluebutton/api;x/create", "400"),
+        ("/bigbluebutton;x/api/create", "400"),
+        ("/bigbluebutton/a/..;/api/create", "400"),
+        ("/bigbluebutton/api%3Bx/create", "400"),
+    ] {
+        assert_eq!(ask(path), want, "{path}");
+    }
 }

@@ -231,6 +231,19 @@ fn members_are_isolated_from_each_other_by_their_own_secrets() {
     assert_eq!(field(&info, "participantCount").as_deref(), Some("1"), "{info}");
     assert_eq!(field(&info, "meetingID").as_deref(), Some("room1"));
     assert_eq!(n.key("end", &[("meetingID", "b-only")], &b), "sentEndMeetingRequest");
+    // User data whose name bbb-web would write as an element that is not
+    // XML: dropped, so nobody's list (nor the usage poller's) breaks; user
+    // data with a proper name goes on.
+    let mut odd = join("room1", "mallory");
+    odd.extend([("userdata-1", "x"), ("userdata-bbb_auto_join_audio", "true")]);
+    assert_eq!(n.key("join", &odd, &a), "successfullyJoined");
+    let inside = n.bbb("getMeetings", &[]);
+    assert!(
+        inside.contains("<bbb_auto_join_audio>true</bbb_auto_join_audio>") && !inside.contains("<1>"),
+        "{inside}"
+    );
+    let (_, lb) = n.call("getMeetings", &[], &b);
+    assert_eq!(all(&lb, "meetingID"), ["room1"], "b reads its list: {lb}");
 
     // With members, BBB's own secret and unknown ones are refused.
     assert_eq!(n.key("getMeetings", &[], BBB_SECRET), "checksumError");

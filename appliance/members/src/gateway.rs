@@ -189,6 +189,11 @@ pub fn rewrite(
             "duration" if call == "create" => duration = Some(v.trim().parse::<u32>().unwrap_or(0)),
             "maxParticipants" if call == "create" => max_people = Some(v.trim().parse::<u32>().unwrap_or(0)),
             "isBreakout" | "parentMeetingID" | "voiceBridge" if call == "create" => {}
+            // bbb-web writes each `userdata-NAME` into its answers as an
+            // element named NAME: a name that is not an XML name would make
+            // every getMeetings unreadable, for every member and the usage
+            // poller alike.
+            _ if k.starts_with("userdata-") && !xml_name(&k["userdata-".len()..]) => {}
             _ if matches!(call, "create" | "updateRecordings") && k.eq_ignore_ascii_case(&tag) => {}
             _ => out.push((k, v)),
         }
@@ -210,6 +215,26 @@ pub fn rewrite(
     }
     Ok(Rewritten { params: out, meeting })
 }
+
+/// A name bbb-web can write as an element: a letter or `_`, then letters,
+/// digits, `_` or `-`.
+fn xml_name(n: &str) -> bool {
+    let mut b = n.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+/// Calls of BBB's HTML5 client under the API path, authenticated by the
+/// session token bbb-web gave the browser at join (no checksum, nobody's
+/// secret): not the gateway's to scope, passed on unchanged.
+pub const SESSION_CALLS: &[&str] = &[
+    "enter",
+    "stuns",
+    "signOut",
+    "guestWait",
+    "feedback",
+    "learningDashboard",
+];
 
 /// bbb-web's answer with the member's own meeting ids in place of the
 /// scoped ones. Only the ids of `<meetingID>` elements change; the rest is
@@ -236,20 +261,39 @@ pub fn unscope_response(body: &str, slug: &str) -> String {
     splice(body, &cuts)
 }
 
+/// What a member gets in place of a list it cannot be given safely: an
+/// answer that cannot be read (not XML, or XML the gateway cannot sort
+/// by owner) holds everyone's meetings or recordings, so none of it goes
+/// out.
+pub const UNREADABLE: &str = "<response>\n<returncode>FAILED</returncode>\n<messageKey>internalError</messageKey>\n<message>BigBlueButton's answer could not be read.</message>\n</response>";
+
+/// A list answer passed on only when it lists nothing: BBB's own errors
+/// (`FAILED`, `noMeetings`) hold no one's meetings or recordings.
+fn without_list(doc: &roxmltree::Document<'_>, body: &str, item: &str) -> String {
+    if doc.descendants().any(|n| n.has_tag_name(item)) {
+        UNREADABLE.to_string()
+    } else {
+        body.to_string()
+    }
+}
+
 /// A getMeetings answer with only the member's meetings (and their
 /// breakout rooms), ids unscoped; `noMeetings` as BBB says it when none is
-/// left.
+/// left. Fails closed: an answer it cannot sort gives nothing away.
 pub fn filter_meetings(body: &str, slug: &str) -> String {
     let Ok(doc) = roxmltree::Document::parse(body) else {
-        return body.to_string();
+        return UNREADABLE.to_string();
     };
     let Some(list) = doc.root_element().children().find(|n| n.has_tag_name("meetings")) else {
-        return body.to_string();
+        return without_list(&doc, body, "meeting");
     };
     let parsed = match appliance_bbb::xml::parse_get_meetings(body) {
         Ok(m) => m,
-        Err(_) => return body.to_string(),
+        Err(_) => return UNREADABLE.to_string(),
     };
+    if parsed.len() != list.children().filter(|n| n.has_tag_name("meeting")).count() {
+        return UNREADABLE.to_string();
+    }
     let mut drop: Vec<std::ops::Range<usize>> = Vec::new();
     let mut kept = 0;
     for (node, m) in list.children().filter(|n| n.has_tag_name("meeting")).zip(&parsed) {
@@ -268,12 +312,13 @@ pub fn filter_meetings(body: &str, slug: &str) -> String {
 /// A getRecordings answer with only the member's recordings, ids
 /// unscoped; `noRecordings` as BBB says it when none is left. (A recording
 /// named by recordID is BBB's to find; whose it is, is ours to check.)
+/// Fails closed, as [`filter_meetings`].
 pub fn filter_recordings(body: &str, slug: &str) -> String {
     let Ok(doc) = roxmltree::Document::parse(body) else {
-        return body.to_string();
+        return UNREADABLE.to_string();
     };
     let Some(list) = doc.root_element().children().find(|n| n.has_tag_name("recordings")) else {
-        return body.to_string();
+        return without_list(&doc, body, "recording");
     };
     let mut drop = Vec::new();
     let mut kept = 0;
@@ -473,6 +518,19 @@ mod tests {
             encode(&r.params),
             "meetingID=coop-a%7Er1&fullName=A&duration=5&meta_member=x"
         );
+        // User data bbb-web would write as elements: only XML names go on.
+        let r = rewrite(
+            "join",
+            pairs("meetingID=r1&userdata-bbb_auto_join_audio=true&userdata-1=x&userdata-a:b=y&userdata-=z&userdata-x%3Cy=w"),
+            "coop-a",
+            "member",
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(
+            encode(&r.params),
+            "meetingID=coop-a%7Er1&userdata-bbb_auto_join_audio=true"
+        );
         assert_eq!(
             rewrite("end", pairs("password=x"), "coop-a", "member", &limits)
                 .unwrap_err()
@@ -509,10 +567,19 @@ mod tests {
         let c = filter_meetings(MEETINGS, "coop-c");
         assert_eq!(c, NO_MEETINGS);
         assert!(appliance_bbb::xml::parse_get_meetings(&c).unwrap().is_empty());
+        // Answers it cannot sort give nothing away; BBB's own errors pass.
         assert_eq!(
             filter_meetings("<html>bad gateway</html>", "coop-a"),
             "<html>bad gateway</html>"
         );
+        assert_eq!(filter_meetings("<html>bad gateway<br></html>", "coop-a"), UNREADABLE);
+        let broken = MEETINGS.replace("<isBreakout>false</isBreakout>", "<1>x</1>");
+        assert_eq!(filter_meetings(&broken, "coop-a"), UNREADABLE);
+        let failed = "<response>\n<returncode>FAILED</returncode>\n<messageKey>x</messageKey>\n</response>";
+        assert_eq!(filter_meetings(failed, "coop-a"), failed);
+        let stray =
+            "<response><returncode>SUCCESS</returncode><meeting><meetingID>coop-b~r</meetingID></meeting></response>";
+        assert_eq!(filter_meetings(stray, "coop-a"), UNREADABLE);
     }
 
     const RECORDINGS: &str = "<response>\n<returncode>SUCCESS</returncode>\n<recordings>\n<recording>\n<recordID>r1</recordID>\n<meetingID>coop-a~room</meetingID>\n<metadata>\n<meetingId>coop-a~room</meetingId>\n<member>coop-a</member>\n</metadata>\n</recording>\n<recording>\n<recordID>r2</recordID>\n<meetingID>coop-b~room</meetingID>\n<metadata>\n<meetingId>coop-b~room</meetingId>\n</metadata>\n</recording>\n</recordings>\n</response>";
@@ -526,6 +593,11 @@ mod tests {
             "{a}"
         );
         assert_eq!(filter_recordings(RECORDINGS, "coop-c"), NO_RECORDINGS);
+        assert_eq!(filter_recordings("502 Bad Gateway", "coop-a"), UNREADABLE);
+        assert_eq!(
+            filter_recordings(&RECORDINGS.replace("</metadata>", "<a:b>x</metadata>"), "coop-a"),
+            UNREADABLE
+        );
         assert!(recordings_owned(RECORDINGS, "coop-a", &["r1"]));
         assert!(
             !recordings_owned(RECORDINGS, "coop-a", &["r1", "r2"]),

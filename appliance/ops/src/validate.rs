@@ -34,6 +34,9 @@ pub struct Limits {
 
 pub use appliance_usage::protocol::MAX_NAME;
 
+/// More member organisations than this on one node is a broken report.
+pub const MAX_MEMBERS: usize = 10_000;
+
 /// Why a report is implausible. Each says what is wrong in words a person
 /// at ops (and on the node, which shows it) can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +74,10 @@ pub enum Implausible {
     },
     #[error("member {member:?} claims a peak of {peak} participants; a node holds at most {cap}")]
     PeakAboveCap { member: String, peak: u32, cap: u32 },
+    #[error("the node lists {0} members (at most {MAX_MEMBERS})")]
+    TooManyMembers(usize),
+    #[error("the node lists a member without a name")]
+    UnnamedMember,
     #[error("gap {} to {} lies outside the report's period", utc(*from), utc(*to))]
     GapOutsidePeriod { from: i64, to: i64 },
 }
@@ -123,8 +130,14 @@ pub fn check(r: &Report, limits: Limits, now: i64) -> Result<(), Implausible> {
         *sum = sum.saturating_add(m.seconds);
     }
 
+    if r.members.len() > MAX_MEMBERS {
+        return Err(Implausible::TooManyMembers(r.members.len()));
+    }
     let mut listed = BTreeSet::new();
     for m in &r.members {
+        if m.is_empty() {
+            return Err(Implausible::UnnamedMember);
+        }
         if m.len() > MAX_NAME {
             return Err(Implausible::NameTooLong(m.len()));
         }
@@ -300,6 +313,16 @@ mod tests {
                 "a member twice in the node's list",
                 Box::new(|r| r.members = vec!["a".into(), "b".into(), "a".into()]),
                 "member \"a\" is listed twice",
+            ),
+            (
+                "a member without a name in the node's list",
+                Box::new(|r| r.members = vec![String::new()]),
+                "the node lists a member without a name",
+            ),
+            (
+                "more members than any node has",
+                Box::new(|r| r.members = (0..10_001).map(|i| format!("m{i}")).collect()),
+                "the node lists 10001 members (at most 10000)",
             ),
             (
                 "an overlong member in the node's list",

@@ -102,7 +102,7 @@ async fn call(
         return xml(Refusal::new("unsupportedRequest", "This request is not supported.").xml());
     }
     let members = g.members.current();
-    if members.is_empty() {
+    if members.is_empty() || gateway::SESSION_CALLS.contains(&call.as_str()) {
         return g.send(method, &call, &raw, &headers, body).await;
     }
     if !gateway::CALLS.contains(&call.as_str()) {
@@ -165,13 +165,15 @@ impl Gateway {
         // Publishing, changing or deleting a recording: each one named must
         // be there and be the member's.
         if gateway::RECORDING_CHANGES.contains(&call) {
-            let ids = rw
+            // Every recordID given, however often: bbb-web must not act on
+            // one the check did not see.
+            let ids: Vec<&str> = rw
                 .params
                 .iter()
-                .find(|(k, _)| k == "recordID")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let ids: Vec<&str> = ids.split(',').filter(|i| !i.is_empty()).collect();
+                .filter(|(k, _)| k == "recordID")
+                .flat_map(|(_, v)| v.split(','))
+                .filter(|i| !i.is_empty())
+                .collect();
             if ids.is_empty() {
                 return xml(Refusal::new("missingParamRecordID", "You must specify one or more a record IDs.").xml());
             }

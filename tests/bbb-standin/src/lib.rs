@@ -51,6 +51,11 @@ pub struct User {
     pub moderator: bool,
     pub listen_only: bool,
     pub video: bool,
+    /// `userdata-NAME=VALUE` from join: bbb-web writes each into its
+    /// answers as `<NAME>VALUE</NAME>` under `<customdata>`, the name as
+    /// given (so a name that is not an XML name breaks the answer, as
+    /// there).
+    pub custom: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -486,6 +491,10 @@ impl StandIn {
             moderator,
             listen_only: p.get("userdata-standin_listen_only").is_some_and(|v| v == "true"),
             video: p.get("userdata-standin_video").is_some_and(|v| v == "true"),
+            custom: p
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("userdata-")?.to_string(), v.clone())))
+                .collect(),
         });
         m.has_user_joined = true;
         let session = format!("st{n:06}");
@@ -769,8 +778,14 @@ fn meeting_xml(m: &Meeting, w: &World) -> String {
     let attendees: String = users
         .iter()
         .map(|u| {
+            let custom = if u.custom.is_empty() {
+                String::new()
+            } else {
+                let items: String = u.custom.iter().map(|(k, v)| format!("{}\n", tag(k, v))).collect();
+                format!("<customdata>\n{items}</customdata>\n")
+            };
             format!(
-                "<attendee>\n{}\n{}\n{}\n<isPresenter>false</isPresenter>\n{}\n{}\n{}\n<clientType>HTML5</clientType>\n</attendee>\n",
+                "<attendee>\n{}\n{}\n{}\n<isPresenter>false</isPresenter>\n{}\n{}\n{}\n<clientType>HTML5</clientType>\n{custom}</attendee>\n",
                 tag("userID", &u.id),
                 tag("fullName", &u.name),
                 tag("role", if u.moderator { "MODERATOR" } else { "VIEWER" }),
