@@ -245,7 +245,8 @@ impl Members {
         Ok(())
     }
 
-    pub fn set(&mut self, slug: &str, name: Option<&str>, limits: Option<Limits>) -> Result<(), Error> {
+    /// Changes a member's name or limits; returns the member as it is now.
+    pub fn set(&mut self, slug: &str, name: Option<&str>, limits: Option<Limits>) -> Result<&Member, Error> {
         if let Some(n) = name {
             check_name(n)?;
         }
@@ -259,7 +260,7 @@ impl Members {
         if let Some(l) = limits {
             m.limits = l;
         }
-        Ok(())
+        Ok(m)
     }
 
     /// A new secret for a member; the ones it has keep working for
@@ -415,8 +416,7 @@ impl Members {
                 })
             }
             Action::Set { slug, name, limits } => {
-                self.set(slug, name.as_deref(), *limits)?;
-                let m = self.get(slug).expect("set checked it exists");
+                let m = self.set(slug, name.as_deref(), *limits)?;
                 Ok(Outcome {
                     message: format!("member {slug} ({}): {}", m.name, limits_text(&m.limits)),
                     secret: None,
