@@ -180,8 +180,8 @@ CREATE TABLE meetings (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, meeting_i
     period_from INTEGER NOT NULL, seconds INTEGER NOT NULL, epoch INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE gaps (node_id TEXT NOT NULL, seq_to INTEGER NOT NULL, gap_from INTEGER NOT NULL, gap_to INTEGER NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 1, reason TEXT NOT NULL DEFAULT 'no_answer');
-CREATE TABLE members (node_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL,
-    period_from INTEGER NOT NULL);
+CREATE TABLE members (node_id TEXT NOT NULL, month INTEGER NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (node_id, month, member));
 ";
 
 /// Indexes of version 1 (made after a migration too).
@@ -190,7 +190,6 @@ CREATE INDEX IF NOT EXISTS reports_node_end ON reports (node_id, period_to);
 CREATE INDEX IF NOT EXISTS usage_node_period ON usage (node_id, period_from);
 CREATE INDEX IF NOT EXISTS meetings_node_period ON meetings (node_id, period_from);
 CREATE INDEX IF NOT EXISTS gaps_from ON gaps (gap_from);
-CREATE INDEX IF NOT EXISTS members_node_period ON members (node_id, period_from);
 ";
 
 /// From the first release's schema (no epochs, no refusals, gaps without a
@@ -222,11 +221,12 @@ DROP INDEX IF EXISTS meetings_period;
 /// result), from the reports that carry it.
 const MIGRATE_1_TO_2: &str = "ALTER TABLE nodes ADD COLUMN update_state TEXT;";
 
-/// From version 2: the member organisations each report names, so a month
-/// lists the members that used nothing.
+/// From version 2: the member organisations the nodes' reports name, once
+/// per node and month (reports come every few minutes), so a month lists
+/// the members that used nothing.
 const MIGRATE_2_TO_3: &str = "
-CREATE TABLE members (node_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq_to INTEGER NOT NULL, member TEXT NOT NULL,
-    period_from INTEGER NOT NULL);
+CREATE TABLE members (node_id TEXT NOT NULL, month INTEGER NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (node_id, month, member));
 ";
 
 fn reason_text(r: GapReason) -> &'static str {
@@ -584,10 +584,8 @@ impl Store {
             ])?;
         }
         for m in &r.members {
-            tx.prepare_cached(
-                "INSERT INTO members (node_id, epoch, seq_to, member, period_from) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![node_id, epoch_i, seq_to, m, r.from])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO members (node_id, month, member) VALUES (?1, ?2, ?3)")?
+                .execute(params![node_id, appliance_usage::Month::of(r.from).start(), m])?;
         }
         for g in &r.gaps {
             tx.prepare_cached(
@@ -729,9 +727,7 @@ impl Store {
         // bill shows them.
         let mut q = self
             .db
-            .prepare_cached(
-                "SELECT DISTINCT member FROM members WHERE node_id = ?1 AND period_from >= ?2 AND period_from < ?3",
-            )
+            .prepare_cached("SELECT member FROM members WHERE node_id = ?1 AND month >= ?2 AND month < ?3")
             .map_err(|e| e.to_string())?;
         let it = q
             .query_map(params![id, start, end], |r| r.get::<_, String>(0))
@@ -911,6 +907,16 @@ mod tests {
         // Resent: acknowledged, not listed twice.
         let ack = s.ingest(&k.seal(&r), b + 86_400, LIMITS).unwrap();
         assert!(ack.duplicate);
+        assert_eq!(s.usage(nov()).unwrap().rows.len(), 2);
+        // The next report names them again: kept once per node and month,
+        // however many reports a month brings.
+        let mut next = report(&id, 2, b + 300, 300, "m1");
+        next.members = r.members.clone();
+        s.ingest(&k.seal(&next), b + 86_400, LIMITS).unwrap();
+        let kept: i64 =
+            s.db.query_row("SELECT COUNT(*) FROM members", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(kept, 2);
         assert_eq!(s.usage(nov()).unwrap().rows.len(), 2);
     }
 
